@@ -1,0 +1,348 @@
+"""The dataset dir: the on-disk contract between data_prep and every loader.
+
+See ARCHITECTURE.md ("Dataset dir"). Everything that reads or writes that layout goes through this module, so the
+contract lives in one place::
+
+    <dataset>/data.json      metadata: makani's keys (dataset_name, h5_path, dims, dhours, coords) and ours
+                             (format_version, source, splits, shards, gaps, channel_units)
+    <dataset>/stats.h5       per-channel mean [C], std [C], diff_std [C]; optional climatology [doy, hour, C, lat, lon]
+    <dataset>/<split>/*.h5   shards: `fields` float32 [time, channel, lat, lon], one time step per chunk;
+                             `time` int64 hours since 1970-01-01T00:00Z [time]
+
+Latitude runs north to south. A sample is (state at t, states at t + k*dhours, k = 1..rollout); a sample never
+crosses a shard boundary or a gap in time (:func:`valid_sample_starts`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from data_prep.errors import WxscaleError
+
+FORMAT_VERSION = 1
+DATA_JSON = "data.json"
+STATS_H5 = "stats.h5"
+SPLITS = ("train", "valid", "test")
+FIELDS_KEY = "fields"
+TIME_KEY = "time"
+DIMS = ["time", "channel", "lat", "lon"]
+EPOCH = np.datetime64("1970-01-01T00:00", "h")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# time
+
+
+def hours_since_epoch(times: np.ndarray) -> np.ndarray:
+    """datetime64 array -> int64 hours since 1970-01-01T00:00Z (refuses times that are not whole hours)."""
+    times = np.asarray(times).astype("datetime64[s]")
+    seconds = (times - EPOCH.astype("datetime64[s]")).astype(np.int64)
+    if np.any(seconds % 3600):
+        raise WxscaleError("time axis has values that are not whole hours; wxscale stores hours since 1970-01-01")
+    return seconds // 3600
+
+
+def hours_to_datetime64(hours: np.ndarray | int) -> np.ndarray:
+    return EPOCH + np.asarray(hours, dtype=np.int64).astype("timedelta64[h]")
+
+
+def iso(hours: int) -> str:
+    return str(hours_to_datetime64(int(hours))) + ":00Z"
+
+
+def valid_sample_starts(time_hours: np.ndarray, dhours: int, rollout_steps: int) -> np.ndarray:
+    """Indices t of one shard such that t, t+1, ..., t+k are equally spaced by dhours (k = rollout_steps).
+
+    This is what keeps samples from crossing a gap in time.
+    """
+    time_hours = np.asarray(time_hours, dtype=np.int64)
+    n = len(time_hours) - rollout_steps
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    ok = np.ones(n, dtype=bool)
+    for k in range(1, rollout_steps + 1):
+        ok &= time_hours[k : k + n] - time_hours[:n] == k * dhours
+    return np.flatnonzero(ok).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# data.json
+
+
+@dataclasses.dataclass
+class ShardInfo:
+    path: str  # relative to the dataset dir, e.g. "train/000.h5"
+    split: str
+    n_steps: int
+    first_time: str  # ISO 8601, UTC
+    last_time: str
+    sha256: str
+
+
+@dataclasses.dataclass
+class DatasetMeta:
+    dataset_name: str
+    dhours: int
+    lat: list[float]
+    lon: list[float]
+    channels: list[str]
+    shards: list[ShardInfo]
+    splits: dict[str, dict]  # split -> {"start", "end", "n_steps", ...}
+    source: dict  # provenance: inputs and their checksums, tool version, command
+    gaps: list[dict] = dataclasses.field(default_factory=list)  # {"after", "before", "hours"}
+    channel_units: dict[str, str] = dataclasses.field(default_factory=dict)
+    grid_type: str = "equiangular"
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return len(self.lat), len(self.lon)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    def shards_of(self, split: str) -> list[ShardInfo]:
+        return [s for s in self.shards if s.split == split]
+
+    def to_json_dict(self) -> dict:
+        return {
+            # makani's keys, so makani-format tools can read the dir
+            "dataset_name": self.dataset_name,
+            "h5_path": FIELDS_KEY,
+            "dims": DIMS,
+            "dhours": self.dhours,
+            "coords": {
+                "grid_type": self.grid_type,
+                "lat": [float(x) for x in self.lat],
+                "lon": [float(x) for x in self.lon],
+                "channel": list(self.channels),
+            },
+            # ours
+            "format_version": self.format_version,
+            "channel_units": dict(self.channel_units),
+            "source": self.source,
+            "splits": self.splits,
+            "gaps": self.gaps,
+            "shards": [dataclasses.asdict(s) for s in self.shards],
+        }
+
+    @classmethod
+    def from_json_dict(cls, d: dict, where: str = DATA_JSON) -> DatasetMeta:
+        required = ["dataset_name", "dhours", "coords", "format_version", "source", "splits", "shards"]
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise WxscaleError(f"{where}: missing keys {missing}; rewrite the dataset with `wxscale prep`")
+        if d["format_version"] != FORMAT_VERSION:
+            raise WxscaleError(
+                f"{where}: format_version {d['format_version']} but this wxscale reads {FORMAT_VERSION}; "
+                "rewrite the dataset with this version's `wxscale prep`"
+            )
+        coords = d["coords"]
+        for key in ("lat", "lon", "channel"):
+            if key not in coords:
+                raise WxscaleError(f"{where}: coords.{key} missing")
+        try:
+            shards = [ShardInfo(**s) for s in d["shards"]]
+        except TypeError as err:
+            raise WxscaleError(f"{where}: a shard entry has the wrong fields ({err})") from err
+        return cls(
+            dataset_name=d["dataset_name"],
+            dhours=int(d["dhours"]),
+            lat=list(coords["lat"]),
+            lon=list(coords["lon"]),
+            channels=list(coords["channel"]),
+            grid_type=coords.get("grid_type", "equiangular"),
+            shards=shards,
+            splits=d["splits"],
+            source=d["source"],
+            gaps=d.get("gaps", []),
+            channel_units=d.get("channel_units", {}),
+            format_version=d["format_version"],
+        )
+
+
+def load_meta(dataset_dir: str | os.PathLike) -> DatasetMeta:
+    """Read and minimally validate <dataset>/data.json (full validation: data_prep.check)."""
+    path = Path(dataset_dir) / DATA_JSON
+    if not Path(dataset_dir).is_dir():
+        raise WxscaleError(f"dataset dir {dataset_dir} does not exist; create one with `wxscale prep`")
+    if not path.is_file():
+        raise WxscaleError(f"{path} not found: {dataset_dir} is not a wxscale dataset dir (see `wxscale prep`)")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise WxscaleError(f"{path} is not valid JSON ({err})") from err
+    return DatasetMeta.from_json_dict(d, str(path))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
+    """Write JSON to a temporary file in the same dir, fsync, then rename over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# shards
+
+
+class ShardWriter:
+    """Appends time blocks to one shard, so inputs larger than memory stream through.
+
+    `fields` is chunked one time step per chunk (the loaders read single steps at random).
+    """
+
+    def __init__(self, path: str | os.PathLike, n_channels: int, grid: tuple[int, int], compression: str | None):
+        self.path = Path(path)
+        self.file = h5py.File(self.path, "w")
+        n_lat, n_lon = grid
+        self.fields = self.file.create_dataset(
+            FIELDS_KEY,
+            shape=(0, n_channels, n_lat, n_lon),
+            maxshape=(None, n_channels, n_lat, n_lon),
+            chunks=(1, n_channels, n_lat, n_lon),
+            dtype="float32",
+            compression=compression,
+        )
+        self.time = self.file.create_dataset(TIME_KEY, shape=(0,), maxshape=(None,), dtype="int64", chunks=(4096,))
+        self.time.attrs["units"] = "hours since 1970-01-01 00:00:00"
+        self.fields.attrs["dims"] = json.dumps(DIMS)
+
+    def append(self, fields: np.ndarray, time_hours: np.ndarray) -> None:
+        n0, n = self.fields.shape[0], len(time_hours)
+        if fields.shape[0] != n:
+            raise ValueError("fields and time disagree in length")
+        self.fields.resize(n0 + n, axis=0)
+        self.time.resize(n0 + n, axis=0)
+        self.fields[n0:] = np.asarray(fields, dtype=np.float32)
+        self.time[n0:] = np.asarray(time_hours, dtype=np.int64)
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.fields.shape[0])
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_shard_time(path: str | os.PathLike) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f[TIME_KEY][:]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# stats
+
+
+@dataclasses.dataclass
+class Stats:
+    """Normalisation statistics from the train split (ARCHITECTURE.md: stats.h5).
+
+    climatology, when present: [doy, hour, C, lat, lon] indexed by day of year 0..365 (366 = leap day) and by
+    `clim_hours` (hours of day present in the data), for ACC.
+    """
+
+    mean: np.ndarray  # [C]
+    std: np.ndarray  # [C]
+    diff_std: np.ndarray  # [C], std of one-step differences
+    climatology: np.ndarray | None = None
+    clim_hours: np.ndarray | None = None
+
+    def climatology_at(self, time_hours: np.ndarray) -> np.ndarray:
+        """Climatology for each time: [T, C, lat, lon]."""
+        if self.climatology is None or self.clim_hours is None:
+            raise WxscaleError("this dataset has no climatology (its train split spans less than a year)")
+        t = hours_to_datetime64(time_hours)
+        doy = (t.astype("datetime64[D]") - t.astype("datetime64[Y]")).astype(int)
+        hour = (t - t.astype("datetime64[D]")).astype(int)
+        hour_idx = np.searchsorted(self.clim_hours, hour)
+        hour_idx = np.clip(hour_idx, 0, len(self.clim_hours) - 1)
+        return self.climatology[doy, hour_idx]
+
+
+def write_stats(path: str | os.PathLike, stats: Stats) -> None:
+    with h5py.File(path, "w") as f:
+        for name in ("mean", "std", "diff_std"):
+            f.create_dataset(name, data=np.asarray(getattr(stats, name), dtype=np.float64))
+        if stats.climatology is not None:
+            f.create_dataset(
+                "climatology",
+                data=stats.climatology.astype(np.float32),
+                chunks=(1, 1, *stats.climatology.shape[2:]),
+                compression="gzip",
+            )
+            f.create_dataset("clim_hours", data=np.asarray(stats.clim_hours, dtype=np.int64))
+
+
+def read_stats(dataset_dir: str | os.PathLike, with_climatology: bool = False) -> Stats:
+    path = Path(dataset_dir) / STATS_H5
+    if not path.is_file():
+        raise WxscaleError(f"{path} not found; rewrite the dataset with `wxscale prep`")
+    with h5py.File(path, "r") as f:
+        for name in ("mean", "std", "diff_std"):
+            if name not in f:
+                raise WxscaleError(f"{path}: dataset `{name}` missing; rewrite the dataset with `wxscale prep`")
+        clim = f["climatology"][:] if with_climatology and "climatology" in f else None
+        hours = f["clim_hours"][:] if "clim_hours" in f else None
+        return Stats(f["mean"][:], f["std"][:], f["diff_std"][:], clim, hours)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# atomic output
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False, flag: str = "--overwrite") -> Iterator[Path]:
+    """Yield a temporary dir beside `out`; rename it to `out` only when the block finishes without error.
+
+    An interrupted or failed write leaves no dir that looks complete: the temporary one is removed on error, and
+    one left behind by a SIGKILL has a name starting with '.' and ending in '.partial'.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise WxscaleError(f"output dir {out} exists; pass {flag} to replace it, or choose another path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
