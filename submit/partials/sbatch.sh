@@ -1,0 +1,14 @@
+# wxscale:param account=  Slurm account to charge (left out when empty)
+# wxscale:param partition=  Slurm partition (left out when empty)
+# wxscale:param constraint=  Slurm node constraint, e.g. gpu or a100 (left out when empty)
+# wxscale:param qos=  Slurm quality of service (left out when empty)
+# wxscale:param time=01:00:00  wall-clock limit, [D-]HH:MM:SS
+# wxscale:param output=%x-%j.out  stdout file (%x job name, %j job id); its folder must exist
+# wxscale:param error=  stderr file (empty: together with stdout)
+#SBATCH --account={{account}}
+#SBATCH --partition={{partition}}
+#SBATCH --constraint={{constraint}}
+#SBATCH --qos={{qos}}
+#SBATCH --time={{time}}
+#SBATCH --output={{output}}
+#SBATCH --error={{error}}
