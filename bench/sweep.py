@@ -1,0 +1,178 @@
+"""A sweep dir's runs: their configs, their state on disk, and the runs.csv they collect into.
+
+Layout (ARCHITECTURE.md, "Sweep dir")::
+
+    <sweep>/plan.csv, sweep.json     the plan (bench.sweep_plan)
+    <sweep>/train_base.yaml          the training config every run starts from (data, optimizer, precision...)
+    <sweep>/runs/<trunk_id>/         one run dir per constant-LR trunk
+    <sweep>/runs/<run_id>/           one run dir per cooldown branch
+    <sweep>/runs.csv                 one row per finished branch (plan columns + results)
+
+A run's state is read from its run dir alone (summary.json, and a `.sweep_launch.json` marker with the pid and host
+of the process running it), so `sweep run` and `sweep status` agree with each other and with a crashed executor.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from bench.sweep_plan import BASE_YAML, PLAN_COLUMNS, SweepSpec, load_plan, trunks_of
+from data_prep.errors import WxscaleError
+
+RUNS_CSV = "runs.csv"
+LAUNCH_MARK = ".sweep_launch.json"
+RESULT_COLUMNS = ["val_loss", "wall_s", "samples_per_s", "mfu", "status", "git_sha", "host", "device",
+                  "world_size", "precision"]
+
+
+def runs_dir(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / "runs"
+
+
+def load_base(sweep_dir: Path) -> dict:
+    path = Path(sweep_dir) / BASE_YAML
+    if not path.is_file():
+        raise WxscaleError(f"{path} missing: plan the sweep with `wxscale sweep plan` (it writes the base config)")
+    return yaml.safe_load(path.read_text())
+
+
+def trunk_config(base: dict, spec: SweepSpec, trunk: pd.Series) -> dict:
+    """A constant-LR trunk: warmup then constant, checkpoints at every branch point of its size."""
+    cfg = copy.deepcopy(base)
+    cfg.setdefault("model", {}).update({"size": trunk["size"], "overrides": dict(spec.model_overrides)})
+    sched = cfg.setdefault("schedule", {})
+    sched.update({"kind": "wsd", "cooldown_samples": 0})
+    sched.pop("cooldown_fraction", None)
+    cfg.setdefault("run", {}).update({
+        "global_batch": spec.global_batch,
+        "target_samples": int(trunk["samples"]),
+        "checkpoint_at_samples": [int(s) for s in trunk["checkpoint_at_samples"]],
+    })
+    cfg["run"].pop("init_from", None)
+    cfg["run"].pop("budget_flops", None)
+    # A trunk's own loss is not a result; its branches are validated.
+    cfg.setdefault("validation", {})["every_samples"] = None
+    return cfg
+
+
+def branch_config(base: dict, spec: SweepSpec, branch: pd.Series, trunk_dir: Path) -> dict:
+    """A cooldown branch: from the trunk's checkpoint at branch_from_samples, cooling to exactly `samples`."""
+    cfg = copy.deepcopy(base)
+    cfg.setdefault("model", {}).update({"size": branch["size"], "overrides": dict(spec.model_overrides)})
+    sched = cfg.setdefault("schedule", {})
+    sched.update({"kind": "wsd", "cooldown_samples": int(branch["cooldown_samples"]),
+                  "cooldown_shape": spec.cooldown_shape})
+    sched.pop("cooldown_fraction", None)
+    cfg.setdefault("run", {}).update({
+        "global_batch": spec.global_batch,
+        "target_samples": int(branch["samples"]),
+        "init_from": str(trunk_dir / "checkpoints" / f"samples_{int(branch['branch_from_samples'])}"),
+        "checkpoint_at_samples": [],
+    })
+    cfg["run"].pop("budget_flops", None)
+    cfg.setdefault("validation", {})["every_samples"] = None
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------
+# state on disk
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_state(run_dir: Path) -> str:
+    """complete | failed | stopped | running | queued | pending (not started or interrupted)."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        try:
+            status = json.loads(summary.read_text()).get("status", "failed")
+        except ValueError:
+            status = "failed"
+        if status in ("complete", "failed"):
+            return status
+    mark = run_dir / LAUNCH_MARK
+    if mark.is_file():
+        try:
+            info = json.loads(mark.read_text())
+        except ValueError:
+            info = {}
+        if info.get("executor") == "slurm" and not summary.is_file():
+            return "queued" if slurm_job_alive(info.get("job_id")) else "pending"
+        if info.get("host") == socket.gethostname() and _pid_alive(int(info.get("pid", -1))):
+            return "running"
+    return "stopped" if summary.is_file() else "pending"
+
+
+def slurm_job_alive(job_id: str | None) -> bool:
+    """Whether Slurm still knows the job as pending or running (squeue); unknown -> False."""
+    import shutil
+    import subprocess
+
+    if not job_id or shutil.which("squeue") is None:
+        return False
+    out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True)
+    return out.returncode == 0 and out.stdout.strip() in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")
+
+
+def mark_launched(run_dir: Path, **info: object) -> None:
+    from data_prep.layout import write_json_atomic
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / LAUNCH_MARK, {"host": socket.gethostname(), **info})
+
+
+def sweep_table(sweep_dir: Path) -> pd.DataFrame:
+    """Every trunk and branch of the sweep with its kind, dependency and state."""
+    _, plan = load_plan(sweep_dir)
+    rows = []
+    for t in trunks_of(plan).itertuples():
+        rows.append({"run_id": t.trunk_id, "kind": "trunk", "depends_on": "", "size": t.size,
+                     "samples": t.samples, "state": run_state(runs_dir(sweep_dir) / t.trunk_id)})
+    for b in plan.itertuples():
+        rows.append({"run_id": b.run_id, "kind": "branch", "depends_on": b.trunk_id, "size": b.size,
+                     "samples": b.samples, "state": run_state(runs_dir(sweep_dir) / b.run_id)})
+    return pd.DataFrame(rows)
+
+
+def collect_runs(sweep_dir: Path) -> pd.DataFrame:
+    """Write <sweep>/runs.csv: one row per finished branch (complete or failed) with its results."""
+    _, plan = load_plan(sweep_dir)
+    rows = []
+    for b in plan.to_dict("records"):
+        summary_path = runs_dir(sweep_dir) / b["run_id"] / "summary.json"
+        if not summary_path.is_file():
+            continue
+        s = json.loads(summary_path.read_text())
+        if s.get("status") not in ("complete", "failed"):
+            continue
+        row = {k: b[k] for k in PLAN_COLUMNS}
+        row["size"] = b["size"]
+        for k in RESULT_COLUMNS:
+            v = s.get(k)
+            row[k] = json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
+        if isinstance(s.get("device"), dict):
+            row["device"] = s["device"].get("name", row["device"])
+        row["reason"] = s.get("reason")
+        row.update({k: v for k, v in s.items() if k.startswith("val_rmse_")})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    out = Path(sweep_dir) / RUNS_CSV
+    tmp = out.with_name(f".{RUNS_CSV}.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(out)
+    return df
