@@ -1,0 +1,200 @@
+"""Scaling-law fits: synthetic laws are recovered, the real Chinchilla points fit, bad input is refused."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import fit as F
+from bench.cli import main as cli_main
+from data_prep.errors import WxscaleError
+
+CHINCHILLA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chinchilla" / "svg_extracted_data.csv"
+
+# A weather-emulator-sized law (N ~ 1e5..1e7 parameters, D ~ 1e3..1e6 samples, loss < 1), alpha != beta.
+E, A, B, ALPHA, BETA = 0.05, 30.0, 5.0, 0.4, 0.3
+G = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))
+A_EXP = BETA / (ALPHA + BETA)  # N_opt ~ C^a
+
+
+def law(n, d):
+    return E + A / n**ALPHA + B / d**BETA
+
+
+def n_opt_true(c):
+    return G * (c / 6) ** A_EXP
+
+
+def isoflop_runs(budgets=None, spread=0.6, sizes=7, noise=0.003, seed=0):
+    """IsoFLOP grid centred on the true optimum, C = 6 N D."""
+    budgets = np.logspace(14, 17, 5) if budgets is None else budgets
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in budgets:
+        for f in np.logspace(-spread, spread, sizes):
+            n = n_opt_true(c) * f
+            d = c / (6 * n)
+            rows.append({"run_id": f"c{c:.0e}_n{n:.0f}", "budget_flops": c, "params": n, "samples": d,
+                         "flops_per_sample": 6 * n, "val_loss": law(n, d) * np.exp(noise * rng.normal()),
+                         "status": "complete"})
+    return pd.DataFrame(rows)
+
+
+def test_isoflop_recovers_known_exponent():
+    runs = isoflop_runs()
+    res = F.isoflop_fit(runs, n_bootstrap=100)
+    iso = res.isoflop
+    assert list(iso.columns[:9]) == ["budget_flops", "n_opt", "n_opt_lo", "n_opt_hi", "d_opt", "l_opt", "l_opt_lo",
+                                     "l_opt_hi", "n_points"]
+    assert iso["interior"].all() and (iso["n_points"] == 7).all()
+    # Each budget's optimum is close to the truth (a centred, narrow grid: small parabola bias).
+    assert np.allclose(iso["n_opt"], n_opt_true(iso["budget_flops"]), rtol=0.15)
+    assert np.allclose(iso["d_opt"], iso["budget_flops"] / (6 * iso["n_opt"]))
+    row = res.fits.set_index("quantity").loc["n_opt"]
+    assert row["exponent_lo"] <= A_EXP <= row["exponent_hi"]
+    assert abs(row["exponent"] - A_EXP) < 0.02
+    assert row["exponent_hi"] - row["exponent_lo"] < 0.1
+    d = res.fits.set_index("quantity").loc["d_opt"]
+    assert d["exponent"] == pytest.approx(1 - row["exponent"], abs=1e-9)  # C = 6 N D exactly
+
+
+def test_isoflop_flags_edge_optimum_and_never_extrapolates():
+    runs = isoflop_runs(budgets=np.logspace(14, 17, 4))
+    # The smallest budget's sizes all lie above its optimum: the minimum sits at the grid's edge.
+    low = runs["budget_flops"] == runs["budget_flops"].min()
+    runs.loc[low, "params"] *= 10
+    runs.loc[low, "samples"] /= 10
+    runs.loc[low, "flops_per_sample"] *= 10
+    runs.loc[low, "val_loss"] = law(runs.loc[low, "params"], runs.loc[low, "samples"])
+    res = F.isoflop_fit(runs, n_bootstrap=20)
+    first = res.isoflop.iloc[0]
+    assert not first["interior"] and np.isnan(first["n_opt"]) and "smallest" in first["note"]
+    assert res.isoflop["interior"].sum() == 3
+    assert res.fits.set_index("quantity").loc["n_opt", "n_points"] == 3
+    assert any("left out" in n for n in res.notes)
+    # With only 2 interior budgets left, no law is made up.
+    with pytest.raises(WxscaleError, match="at least 3 budgets with an interior"):
+        F.isoflop_fit(runs[runs["budget_flops"] < runs["budget_flops"].max()], n_bootstrap=5)
+
+
+def test_parametric_fit_recovers_known_law_and_predicts():
+    rng = np.random.default_rng(1)
+    n = np.repeat(np.logspace(5, 7.5, 6), 6)
+    d = np.tile(np.logspace(3, 6, 6), 6)
+    runs = pd.DataFrame({"params": n, "samples": d, "flops_per_sample": 6 * n, "budget_flops": 6 * n * d,
+                         "val_loss": law(n, d) * np.exp(0.003 * rng.normal(size=n.size))})
+    res = F.parametric_law_fit(runs, n_bootstrap=40, seed=1)
+    t = res.fits.set_index("quantity")
+    for q, true in (("alpha", ALPHA), ("beta", BETA)):
+        assert t.loc[q, "exponent_lo"] <= true <= t.loc[q, "exponent_hi"], q
+        assert abs(t.loc[q, "exponent"] - true) < 0.01
+    assert t.loc["E", "coefficient_lo"] <= E <= t.loc["E", "coefficient_hi"]
+    assert t.loc["n_opt", "exponent_lo"] <= A_EXP <= t.loc["n_opt", "exponent_hi"]
+    assert t.loc["flops_per_param_sample", "coefficient"] == pytest.approx(6.0)
+    # Predict 100x beyond the largest budget: the true optimum lies in the interval.
+    c = 100 * runs["budget_flops"].max()
+    p = F.predict(res, [c]).iloc[0]
+    assert p["n_opt_lo"] <= n_opt_true(c) <= p["n_opt_hi"]
+    n_true = n_opt_true(c)
+    assert p["l_opt_lo"] * 0.99 <= law(n_true, c / (6 * n_true)) <= p["l_opt_hi"] * 1.01
+
+
+def test_parametric_fit_refuses_data_without_a_law():
+    rng = np.random.default_rng(0)
+    n = np.repeat(np.logspace(5, 7, 5), 5)
+    d = np.tile(np.logspace(3, 6, 5), 5)
+    fit = F.parametric_fit(n, d, 1 + 1e-4 * rng.normal(size=n.size))
+    assert not fit.converged and fit.message
+    runs = pd.DataFrame({"params": n, "samples": d, "flops_per_sample": 6 * n, "budget_flops": 6 * n * d,
+                         "val_loss": 1 + 1e-4 * rng.normal(size=n.size)})
+    with pytest.raises(WxscaleError, match="did not converge"):
+        F.parametric_law_fit(runs, n_bootstrap=5)
+
+
+def test_bad_input_is_refused_with_clear_messages():
+    runs = isoflop_runs()
+    with pytest.raises(WxscaleError, match="at least 8 runs.*found 5"):
+        F.parametric_law_fit(runs.iloc[:5], n_bootstrap=5)
+    bad = runs.copy()
+    bad.loc[3, "val_loss"] = -1.0
+    with pytest.raises(WxscaleError, match="val_loss must be a finite number > 0.*run_id"):
+        F.isoflop_fit(bad)
+    with pytest.raises(WxscaleError, match="missing column"):
+        F.isoflop_fit(runs.drop(columns=["samples"]))
+    with pytest.raises(WxscaleError, match="2 model size"):
+        F.isoflop_fit(runs[runs["params"] < runs.groupby("budget_flops")["params"].transform("min") * 1.8])
+    # failed runs are ignored, not fitted
+    failed = runs.copy()
+    failed.loc[0, ["status", "val_loss"]] = ["failed", np.nan]
+    assert F.isoflop_fit(failed, n_bootstrap=5).isoflop["n_points"].iloc[0] == 6
+    with pytest.raises(WxscaleError, match="--predict"):
+        F.predict(F.isoflop_fit(runs, n_bootstrap=5), [-1.0])
+
+
+def test_cli_on_sweep_dir_writes_tables_plots_and_predictions(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    isoflop_runs(budgets=np.logspace(14, 16, 3), sizes=5).to_csv(sweep / "runs.csv", index=False)
+    pd.DataFrame({"run_id": ["b1"], "trunk_id": ["t1"]}).to_csv(sweep / "plan.csv", index=False)
+    for name in ("t1", "b1"):
+        (sweep / "runs" / name).mkdir(parents=True)
+        pd.DataFrame({"step": [1, 2, 3], "samples": [10, 20, 30], "flops": [1e9, 2e9, 3e9],
+                      "train_loss": [1.0, 0.8, 0.7], "val_loss": [1.1, 0.9, 0.8]}).to_csv(
+            sweep / "runs" / name / "metrics.csv", index=False)
+    rc = cli_main(["fit", str(sweep), "--n-bootstrap", "10", "--predict", "1e18"])
+    assert rc == 0
+    out = sweep / "fit"
+    for name in ("isoflop.csv", "fits.csv", "fits_bootstrap.csv", "predictions.csv", "isoflop.png",
+                 "scaling_laws.png", "loss_curves.png"):
+        assert (out / name).is_file(), name
+    fits = pd.read_csv(out / "fits.csv")
+    assert list(fits.columns[:7]) == ["quantity", "approach", "coefficient", "exponent", "exponent_lo",
+                                      "exponent_hi", "n_points"]
+    assert {"E", "A", "B", "alpha", "beta", "n_opt"} <= set(fits["quantity"])
+    text = capsys.readouterr().out
+    assert "N_opt" in text and "predict C=1e+18" in text
+    # predict() works again from what was written
+    again = F.predict(F.load_fit(out), [1e18])
+    assert np.allclose(again["n_opt"], pd.read_csv(out / "predictions.csv")["n_opt"])
+
+
+def test_cli_columns_mapping_and_errors(tmp_path, capsys):
+    runs = isoflop_runs(budgets=np.logspace(14, 16, 3), sizes=5)
+    foreign = runs.rename(columns={"params": "N", "budget_flops": "C", "val_loss": "loss"})
+    foreign = foreign.drop(columns=["samples", "flops_per_sample"])
+    csv = tmp_path / "foreign.csv"
+    foreign.to_csv(csv, index=False)
+    out = tmp_path / "out"
+    rc = cli_main(["fit", str(csv), "--out", str(out), "--columns", "params=N,budget_flops=C,val_loss=loss",
+                   "--flops-per-param", "6", "--approach", "2", "--n-bootstrap", "10", "--no-plots"])
+    assert rc == 0 and (out / "isoflop.csv").is_file() and not (out / "isoflop.png").exists()
+    assert cli_main(["fit", str(csv), "--n-bootstrap", "5"]) == 2  # a CSV needs --out
+    assert "--out" in capsys.readouterr().err
+    assert cli_main(["fit", str(csv), "--out", str(out), "--columns", "size=N"]) == 2
+    assert cli_main(["fit", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+@pytest.mark.real
+def test_chinchilla_points_fit():
+    if not CHINCHILLA.is_file():
+        pytest.skip(f"{CHINCHILLA} absent (../shared/data is not part of a fresh clone)")
+    runs = F.chinchilla_runs(CHINCHILLA)
+    assert len(runs) == 240  # 245 points less the 5 with the fewest tokens per parameter
+    res = F.parametric_law_fit(runs, n_bootstrap=20)
+    t = res.fits.set_index("quantity")
+    values = t[["coefficient", "coefficient_lo", "coefficient_hi", "exponent", "exponent_lo", "exponent_hi"]]
+    for q in ("E", "A", "B"):
+        assert np.isfinite(values.loc[q, ["coefficient", "coefficient_lo", "coefficient_hi"]]).all()
+    for q in ("alpha", "beta", "n_opt"):
+        assert np.isfinite(values.loc[q, ["exponent", "exponent_lo", "exponent_hi"]]).all()
+    # Besiroglu et al. 2024: E = 1.82, A = 482, B = 2085, alpha = 0.35, beta = 0.37.
+    assert t.loc["E", "coefficient"] == pytest.approx(1.82, abs=0.05)
+    assert t.loc["alpha", "exponent"] == pytest.approx(0.35, abs=0.02)
+    assert t.loc["beta", "exponent"] == pytest.approx(0.37, abs=0.02)
+    assert 300 < t.loc["A", "coefficient"] < 700 and 1000 < t.loc["B", "coefficient"] < 5000
+    # Approach 2 on budgets grouped by rounding log10 C to 0.1 dex; Hoffmann et al. report a = 0.49 for it.
+    iso = F.isoflop_fit(runs, n_bootstrap=50)
+    a = iso.fits.set_index("quantity").loc["n_opt"]
+    assert 0.45 < a["exponent"] < 0.55 and a["exponent_lo"] < a["exponent"] < a["exponent_hi"]
+    assert iso.isoflop["interior"].sum() >= 10
