@@ -1,0 +1,29 @@
+"""The network (a single-stage Swin on a lat-lon grid), its size ladder and its analytic FLOP counts.
+
+``resolve_config(size, overrides)`` gives a :class:`SwinConfig` from a ladder name (``LADDER``: ``s0`` ..
+``s18``) or a custom point; ``build_model(cfg, grid, in_channels, ...)`` builds the network;
+``model_flops(cfg, grid, in_channels, rollout_steps)`` counts its parameters and FLOPs per sample (convention
+in :mod:`model.flops`). The torch-dependent names are imported on first use, so ``wxscale model list`` runs
+without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from model.config import LADDER, SwinConfig, grid_layout, resolve_config
+from model.flops import ModelFlops, count_params, model_flops, torch_flop_counter
+
+_LAZY = {"build_model": "model.swin", "SwinEmulator": "model.swin", "norm_backend": "model.norms"}
+
+__all__ = [
+    "LADDER", "ModelFlops", "SwinConfig", "SwinEmulator", "build_model", "count_params", "grid_layout",
+    "model_flops", "norm_backend", "resolve_config", "torch_flop_counter",
+]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: import torch only when the network is asked for
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'model' has no attribute {name!r}")
