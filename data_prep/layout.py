@@ -1,11 +1,12 @@
 """The dataset dir: the on-disk contract between data_prep and every loader.
 
-See ARCHITECTURE.md ("Dataset dir"). Everything that reads or writes that layout goes through this module, so the
-contract lives in one place::
+See ARCHITECTURE.md ("Dataset dir"). Everything that reads or writes that layout goes through this module,
+so the contract lives in one place::
 
     <dataset>/data.json      metadata: makani's keys (dataset_name, h5_path, dims, dhours, coords) and ours
                              (format_version, source, splits, shards, gaps, channel_units)
-    <dataset>/stats.h5       per-channel mean [C], std [C], diff_std [C]; optional climatology [doy, hour, C, lat, lon]
+    <dataset>/stats.h5       per-channel mean [C], std [C], diff_std [C];
+                             optional climatology [doy, hour, C, lat, lon]
     <dataset>/<split>/*.h5   shards: `fields` float32 [time, channel, lat, lon], one time step per chunk;
                              `time` int64 hours since 1970-01-01T00:00Z [time]
 
@@ -40,7 +41,7 @@ DIMS = ["time", "channel", "lat", "lon"]
 EPOCH = np.datetime64("1970-01-01T00:00", "h")
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # time
 
 
@@ -49,7 +50,9 @@ def hours_since_epoch(times: np.ndarray) -> np.ndarray:
     times = np.asarray(times).astype("datetime64[s]")
     seconds = (times - EPOCH.astype("datetime64[s]")).astype(np.int64)
     if np.any(seconds % 3600):
-        raise WxscaleError("time axis has values that are not whole hours; wxscale stores hours since 1970-01-01")
+        raise WxscaleError(
+            "time axis has values that are not whole hours; wxscale stores hours since 1970-01-01"
+        )
     return seconds // 3600
 
 
@@ -76,7 +79,7 @@ def valid_sample_starts(time_hours: np.ndarray, dhours: int, rollout_steps: int)
     return np.flatnonzero(ok).astype(np.int64)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # data.json
 
 
@@ -179,7 +182,9 @@ def load_meta(dataset_dir: str | os.PathLike) -> DatasetMeta:
     if not Path(dataset_dir).is_dir():
         raise WxscaleError(f"dataset dir {dataset_dir} does not exist; create one with `wxscale prep`")
     if not path.is_file():
-        raise WxscaleError(f"{path} not found: {dataset_dir} is not a wxscale dataset dir (see `wxscale prep`)")
+        raise WxscaleError(
+            f"{path} not found: {dataset_dir} is not a wxscale dataset dir (see `wxscale prep`)"
+        )
     try:
         d = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -212,7 +217,7 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # shards
 
 
@@ -222,7 +227,9 @@ class ShardWriter:
     `fields` is chunked one time step per chunk (the loaders read single steps at random).
     """
 
-    def __init__(self, path: str | os.PathLike, n_channels: int, grid: tuple[int, int], compression: str | None):
+    def __init__(
+        self, path: str | os.PathLike, n_channels: int, grid: tuple[int, int], compression: str | None
+    ):
         self.path = Path(path)
         self.file = h5py.File(self.path, "w")
         n_lat, n_lon = grid
@@ -234,7 +241,9 @@ class ShardWriter:
             dtype="float32",
             compression=compression,
         )
-        self.time = self.file.create_dataset(TIME_KEY, shape=(0,), maxshape=(None,), dtype="int64", chunks=(4096,))
+        self.time = self.file.create_dataset(
+            TIME_KEY, shape=(0,), maxshape=(None,), dtype="int64", chunks=(4096,)
+        )
         self.time.attrs["units"] = "hours since 1970-01-01 00:00:00"
         self.fields.attrs["dims"] = json.dumps(DIMS)
 
@@ -260,7 +269,7 @@ def read_shard_time(path: str | os.PathLike) -> np.ndarray:
         return f[TIME_KEY][:]
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # stats
 
 
@@ -299,7 +308,7 @@ def write_stats(path: str | os.PathLike, stats: Stats) -> None:
                 "climatology",
                 data=stats.climatology.astype(np.float32),
                 chunks=(1, 1, *stats.climatology.shape[2:]),
-                compression="gzip",
+                compression="lzf",  # fast; gzip took minutes on a 1-degree grid
             )
             f.create_dataset("clim_hours", data=np.asarray(stats.clim_hours, dtype=np.int64))
 
@@ -311,22 +320,26 @@ def read_stats(dataset_dir: str | os.PathLike, with_climatology: bool = False) -
     with h5py.File(path, "r") as f:
         for name in ("mean", "std", "diff_std"):
             if name not in f:
-                raise WxscaleError(f"{path}: dataset `{name}` missing; rewrite the dataset with `wxscale prep`")
+                raise WxscaleError(
+                    f"{path}: dataset `{name}` missing; rewrite the dataset with `wxscale prep`"
+                )
         clim = f["climatology"][:] if with_climatology and "climatology" in f else None
         hours = f["clim_hours"][:] if "clim_hours" in f else None
         return Stats(f["mean"][:], f["std"][:], f["diff_std"][:], clim, hours)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # atomic output
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False, flag: str = "--overwrite") -> Iterator[Path]:
+def atomic_output_dir(
+    out: str | os.PathLike, overwrite: bool = False, flag: str = "--overwrite"
+) -> Iterator[Path]:
     """Yield a temporary dir beside `out`; rename it to `out` only when the block finishes without error.
 
-    An interrupted or failed write leaves no dir that looks complete: the temporary one is removed on error, and
-    one left behind by a SIGKILL has a name starting with '.' and ending in '.partial'.
+    An interrupted or failed write leaves no dir that looks complete: the temporary one is removed on error,
+    and one left behind by a SIGKILL has a name starting with '.' and ending in '.partial'.
     """
     out = Path(out)
     if out.exists() and not overwrite:
