@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import shlex
 import sys
 
 # (command words, module, one-line help). Order is the order shown in --help.
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wxscale " + " ".join(words), description=text)
     module.add_arguments(parser)
     args = parser.parse_args(argv[len(words):])
+    # The command as the user gave it, for provenance records (sys.argv is another program's when called in-process).
+    args.command_line = "wxscale " + shlex.join(argv)
     try:
         return int(module.run(args) or 0)
     except WxscaleError as err:

@@ -695,9 +695,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
-    command = (
-        "wxscale prep " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["prep"] else shlex.join(sys.argv)
-    )
+    command = getattr(args, "command_line", None) or shlex.join(sys.argv)
     if args.builtin:
         sim = _simulator()
         if sim is None:

@@ -84,7 +84,7 @@ class SimConfig:
 
     n_lat: int = 32
     n_lon: int = 64
-    years: int = 3
+    years: int = 4  # 2 train years (so the train span allows a climatology), 1 valid, 1 test
     seed: int = 0
     start_year: int = 2000
     traj_days: float = 30.0
