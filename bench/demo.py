@@ -24,8 +24,8 @@ from data_prep.errors import WxscaleError
 
 # Chosen so that on 2 CPU cores the study takes ~10 minutes and the middle budgets have interior optima
 # (see the closing notes of the scaling-study issue for the measurements behind these numbers).
-DEFAULT_BUDGETS = "3e11,6e11,1.2e12,2.4e12"
-DEFAULT_SIZES = "s0:s5"
+DEFAULT_BUDGETS = "1.5e11,3e11,6e11,1.2e12"
+DEFAULT_SIZES = "s0:s4"
 
 
 def _step(title: str) -> float:
@@ -43,11 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", default=DEFAULT_BUDGETS, help=f"FLOP budgets (default {DEFAULT_BUDGETS})")
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"ladder sizes (default {DEFAULT_SIZES})")
     parser.add_argument("--global-batch", type=int, default=16)
-    parser.add_argument("--min-steps", type=int, default=40)
+    parser.add_argument("--min-steps", type=int, default=100)
+    parser.add_argument("--max-steps", type=int, default=5000)
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time (default 2, one per core)")
     parser.add_argument("--sim-years", type=int, default=None, help="simulated years (default: the simulator's)")
     parser.add_argument("--n-bootstrap", type=int, default=200)
     parser.add_argument("--skip-eval", action="store_true", help="no rollout evaluation of the best model")
+    parser.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
+                        help="model field for every size, e.g. --model patch=2 (repeatable)")
+    parser.add_argument("--train-config", type=Path, default=None,
+                        help="base training config of every run (default: bench/configs/sweep_base.yaml)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = _step("2/5 sweep plan: budgets x sizes -> constant-LR trunks + 1-sqrt cooldown branches")
     plan = ["sweep", "plan", "--dataset", str(data), "--out", str(sweep), "--budgets", args.budgets,
-            "--sizes", args.sizes, "--global-batch", str(args.global_batch), "--min-steps", str(args.min_steps)]
+            "--sizes", args.sizes, "--global-batch", str(args.global_batch), "--min-steps", str(args.min_steps),
+            "--max-steps", str(args.max_steps)]
+    plan += [f"--model={m}" for m in args.model]
+    if args.train_config is not None:
+        plan += ["--train-config", str(args.train_config)]
     _must(cli(plan), " ".join(plan))
 
     t0 = _step("3/5 sweep run: trunks, then their branches (finished runs are kept)")

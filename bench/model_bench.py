@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from data_prep.errors import WxscaleError
+from model.config import parse_overrides
 
 COLUMNS = ["size", "params", "embed_dim", "depth", "patch", "window", "precision", "batch", "grid", "channels",
            "train_flops_per_sample", "step_s_best", "step_s_median", "samples_per_s", "achieved_gflops_s",
@@ -48,18 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=None, metavar="SIZE",
                         help="also profile one step of SIZE per precision with torch.profiler")
     parser.add_argument("--out", default="out/bench_model", help="output folder (default out/bench_model)")
-
-
-def _overrides(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise WxscaleError(f"--model {item!r}: expected FIELD=VALUE, e.g. patch=2")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def _step_fn(fwd, net, x, precision: str, device):
@@ -155,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         raise WxscaleError(f"--precisions {args.precisions!r}: use fp32 and/or bf16")
     if args.batch < 1 or args.iters < 1 or args.warmup < 0 or args.channels < 1:
         raise WxscaleError("--batch, --iters and --channels must be positive, --warmup 0 or more")
-    overrides = _overrides(args.model)
+    overrides = parse_overrides(args.model)
     if args.sizes == "auto":
         sizes = [s for s in LADDER
                  if model_flops(resolve_config(s, overrides), grid, args.channels).params <= args.max_params]

@@ -24,6 +24,7 @@ import pandas as pd
 
 from data_prep.errors import WxscaleError
 from data_prep.layout import write_json_atomic
+from model.config import parse_overrides
 
 PLAN_CSV = "plan.csv"
 SWEEP_JSON = "sweep.json"
@@ -239,18 +240,6 @@ def parse_sizes(text: str) -> list[str]:
     return sizes
 
 
-def parse_model_overrides(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise WxscaleError(f"--model {item!r}: expected FIELD=VALUE, e.g. patch=2")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     import yaml
 
@@ -267,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         budgets=args.budgets, sizes=parse_sizes(args.sizes), grid=tuple(meta.grid), channels=meta.n_channels,
         global_batch=args.global_batch, min_steps=args.min_steps, max_steps=args.max_steps,
         cooldown_fraction=args.cooldown_fraction, cooldown_shape=args.cooldown_shape,
-        model_overrides=parse_model_overrides(args.model),
+        model_overrides=parse_overrides(args.model),
         dataset=str(args.dataset.resolve()),
     )
     plan, summary = plan_sweep(spec)

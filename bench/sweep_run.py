@@ -137,9 +137,11 @@ def run_slurm(sweep_dir: Path, template: str, params: dict[str, str], retry_fail
     from bench.submit import afterok, render_template, submit_script
 
     configs = write_run_configs(sweep_dir)
+    spec, _ = load_plan(sweep_dir)
     table = sweep_table(sweep_dir)
     states = dict(zip(table["run_id"], table["state"]))
     jobs: dict[str, str] = {}
+    params = {"data_dir": spec.dataset, **params}  # the container must see the dataset the plan was made for
     for row in table.itertuples():
         if states[row.run_id] in ("complete", "running", "queued"):
             continue
