@@ -207,3 +207,16 @@ def resolve_config(size: str | SwinConfig | Mapping[str, Any],
             ov["name"] = "custom"
         cfg = dataclasses.replace(cfg, **ov)
     return cfg
+
+
+def parse_overrides(items: list[str], flag: str = "--model") -> dict[str, Any]:
+    """Command-line ``FIELD=VALUE`` items -> a dict of SwinConfig overrides (values read as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{flag} {item!r}: expected FIELD=VALUE, e.g. patch=2")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
