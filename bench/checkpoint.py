@@ -19,14 +19,13 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from data_prep.errors import WxscaleError
-from data_prep.layout import write_json_atomic
+from data_prep.layout import atomic_output_dir, write_json_atomic
 
 STATE = "state.pt"
 META = "meta.json"
@@ -50,26 +49,14 @@ def save_checkpoint(run_dir: str | os.PathLike, name: str, state: dict, meta: di
     """Write checkpoint ``name`` atomically, point ``latest`` at it, prune older rolling (``step_*``) ones."""
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".partial"))
-    try:
+    # The same write-then-rename as every output dir of the suite: a SIGKILL leaves only a '.partial' dir.
+    with atomic_output_dir(root / name, overwrite=True) as tmp:
         with open(tmp / STATE, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         write_json_atomic(tmp / META, {"name": name, **meta})
-        final = root / name
-        if final.exists():  # e.g. "final" written again after a resume: swap the old one out first
-            old = root / f".{name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-        _fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _fsync_dir(root)
     _write_latest(root, name)
     for p in root.glob("step_*"):  # rolling checkpoints: the newest complete one is all a resume needs
         if p.is_dir() and p.name != name:

@@ -5,24 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from bench.cli import main as cli
 from tests.conftest import make_tiny_dataset
+from tests.train_utils import write_sweep_base
 
 
 def test_demo_runs_every_stage_and_reuses_work(tmp_path: Path, capsys):
     out = tmp_path / "demo"
     make_tiny_dataset(out / "data" / "swe", n_steps=160)
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({
-        "data": {"num_workers": 0, "check": "off"},
-        "optim": {"lr": 3e-3},
-        "schedule": {"warmup_samples": 8},
-        "run": {"target_samples": 8, "cpu_threads": 1},
-        "validation": {"max_batches": 2},
-        "logging": {"progress": False},
-    }))
+    write_sweep_base(base)
     args = ["demo", "--out", str(out), "--budgets", "2e8,4e8,8e8", "--sizes", "s0,s1", "--global-batch", "8",
             "--min-steps", "2", "--max-steps", "1000", "--jobs", "2", "--n-bootstrap", "10",
             "--model", "patch=2", "--model", "window=[2, 4]", "--train-config", str(base)]

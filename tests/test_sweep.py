@@ -16,6 +16,7 @@ from bench.sweep_plan import PLAN_COLUMNS, SweepSpec, load_plan, plan_sweep, tru
 from bench.sweep_run import run_local, run_slurm
 from data_prep.errors import WxscaleError
 from tests.conftest import make_tiny_dataset
+from tests.train_utils import write_sweep_base
 
 # A tiny grid needs a smaller patch and window than the ladder's defaults.
 TINY_MODEL = {"patch": 2, "window": [2, 4]}
@@ -66,14 +67,7 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
     data = make_tiny_dataset(root / "data", n_steps=120)
     base = root / "base.yaml"
-    base.write_text(yaml.safe_dump({
-        "data": {"num_workers": 0, "check": "off"},
-        "optim": {"lr": 3e-3},
-        "schedule": {"warmup_samples": 8},
-        "run": {"target_samples": 8, "cpu_threads": 1},
-        "validation": {"max_batches": 2},
-        "logging": {"progress": False},
-    }))
+    write_sweep_base(base)
     out = root / "sw"
     rc = cli(["sweep", "plan", "--dataset", str(data), "--out", str(out), "--budgets", "2e8,4e8", "--sizes", "s0,s1",
               "--global-batch", "8", "--min-steps", "2", "--train-config", str(base),

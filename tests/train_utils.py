@@ -62,3 +62,18 @@ def train_cmd(config: Path, run_dir: Path, *extra: str) -> list[str]:
 def run_train(config: Path, run_dir: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(train_cmd(config, run_dir, *extra), cwd=REPO, env=child_env(), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def write_sweep_base(path: Path) -> Path:
+    """A base training config for sweep and demo tests: tiny, single-threaded, quiet, no dataset re-check."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "data": {"num_workers": 0, "check": "off"},
+        "optim": {"lr": 3e-3},
+        "schedule": {"warmup_samples": 8},
+        "run": {"target_samples": 8, "cpu_threads": 1},
+        "validation": {"max_batches": 2},
+        "logging": {"progress": False},
+    }))
+    return path
