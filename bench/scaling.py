@@ -40,7 +40,7 @@ import sys
 from pathlib import Path
 
 from bench.provenance import PROVENANCE_COLUMNS
-from bench.throughput import parse_list, save_png, usable_cores, write_csv
+from bench.throughput import add_step_arguments, parse_list, save_png, usable_cores, write_csv
 from data_prep.errors import WxscaleError
 
 COLUMNS = [
@@ -63,13 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", default="8", help="weak scaling: per-rank batch sizes (default 8)")
     parser.add_argument("--global-batch", default=None,
                         help="strong scaling: global batch sizes (default: --batch x the largest rank count)")
-    parser.add_argument("--precision", default="fp32", help="comma-separated fp32, bf16, fp16 (CUDA only)")
-    parser.add_argument("--loader", default="torch", help="comma-separated torch, dali (default torch)")
-    parser.add_argument("--num-workers", type=int, default=0, help="loader worker processes per rank (default 0)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration (default 3)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat (default 10)")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats per configuration (default 3)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_step_arguments(parser)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per rank (default 0: usable cores // ranks)")
     parser.add_argument("--launcher", default="mpiexec", choices=("mpiexec", "srun"),

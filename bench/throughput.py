@@ -80,14 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch.add_argument("--batch", default=None, help="comma-separated per-rank batch sizes (default 8)")
     batch.add_argument("--global-batch", default=None,
                        help="comma-separated global batch sizes, split evenly over the ranks (instead of --batch)")
-    parser.add_argument("--precision", default="fp32", help="comma-separated fp32, bf16, fp16 (CUDA only)")
-    parser.add_argument("--loader", default="torch", help="comma-separated torch, dali (default torch)")
-    parser.add_argument("--num-workers", type=int, default=0, help="loader worker processes (default 0)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration (default 3)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat (default 10)")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats per configuration (default 3)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="auto: cuda:<local rank> when CUDA is visible, else cpu")
+    add_step_arguments(parser)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads per rank (default 0: usable cores // ranks on this node)")
     parser.add_argument("--skip-loader", action="store_true", help="do not time the loader alone")
@@ -96,6 +89,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out/bench_throughput", help="output dir (default out/bench_throughput)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="trainer config overrides for every configuration, e.g. model.overrides.patch=2")
+
+
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """How each configuration is timed: flags shared with `wxscale bench scaling`, which passes them through."""
+    parser.add_argument("--precision", default="fp32", help="comma-separated fp32, bf16, fp16 (CUDA only)")
+    parser.add_argument("--loader", default="torch", help="comma-separated torch, dali (default torch)")
+    parser.add_argument("--num-workers", type=int, default=0, help="loader worker processes per rank (default 0)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration (default 3)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat (default 10)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats per configuration (default 3)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: cuda:<local rank> when CUDA is visible, else cpu")
 
 
 def parse_list(text: str, flag: str, convert: Callable = str) -> list:

@@ -448,7 +448,7 @@ def run_trajectory(cfg: SimConfig, index: int, progress_cb=None) -> dict:
 # The dataset
 
 
-def area_weights(n_lat: int) -> np.ndarray:
+def quadrature_weights(n_lat: int) -> np.ndarray:
     """Exact area weights [n_lat] (summing to 1) of the output rings: Fejer's first rule, which integrates
     every field the output grid carries exactly. Plain cos(lat) weights err by ~1e-5 relative on h."""
     import ducc0.sht

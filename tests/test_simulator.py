@@ -15,9 +15,9 @@ from data_prep.simulator import (
     SimConfig,
     SphereOps,
     add_simulator_arguments,
-    area_weights,
     config_from_args,
     draw_jets,
+    quadrature_weights,
     run_trajectory,
     simulate_swe,
 )
@@ -40,7 +40,7 @@ def small_ds():
 
 def area_mean(field: np.ndarray) -> np.ndarray:
     """Area mean over (lat, lon) of [..., lat, lon] with the exact weights of the output grid."""
-    w = area_weights(field.shape[-2])[:, None] / field.shape[-1]
+    w = quadrature_weights(field.shape[-2])[:, None] / field.shape[-1]
     return (field.astype(np.float64) * w).sum(axis=(-2, -1))
 
 
