@@ -40,7 +40,10 @@ CONFIGS = "configs"
 
 
 def write_run_configs(sweep_dir: Path) -> dict[str, Path]:
-    """One resolved training config per run under <sweep>/configs/, from the base config and the plan."""
+    """One resolved training config per run under <sweep>/configs/, from the base config and the plan.
+
+    Paths in them are absolute, so a run finds its trunk and dataset from any working directory or node."""
+    sweep_dir = Path(sweep_dir).resolve()
     spec, plan = load_plan(sweep_dir)
     base = load_base(sweep_dir)
     out = Path(sweep_dir) / CONFIGS
@@ -73,6 +76,7 @@ def _train_command(config: Path, run_dir: Path, threads: int | None) -> list[str
 def run_local(sweep_dir: Path, jobs: int = 1, retry_failed: bool = False, threads: int | None = None,
               progress: bool = True) -> dict[str, str]:
     """Run every unfinished run of the sweep on this machine; returns the final state of each run."""
+    sweep_dir = Path(sweep_dir).resolve()
     configs = write_run_configs(sweep_dir)
     table = sweep_table(sweep_dir)
     if threads is None:
@@ -105,7 +109,7 @@ def run_local(sweep_dir: Path, jobs: int = 1, retry_failed: bool = False, thread
                 run_dir.mkdir(parents=True, exist_ok=True)
                 logs[run_id] = open(run_dir / "train.log", "a")  # noqa: SIM115 (closed when the process ends)
                 proc = subprocess.Popen(_train_command(configs[run_id], run_dir, threads), stdout=logs[run_id],
-                                        stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+                                        stderr=subprocess.STDOUT)
                 mark_launched(run_dir, executor="local", pid=proc.pid)
                 running[run_id] = proc
                 bar.set_postfix_str(run_id)
