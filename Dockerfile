@@ -45,7 +45,7 @@ import importlib.util
 
 import torch
 
-import bench.cli, data_prep.layout, model.swin  # noqa: F401  (the suite imports)
+import wxscale.cli, wxscale.data_prep.layout, wxscale.model.swin  # noqa: F401  (the suite imports)
 
 cuda = torch.cuda.is_available()
 nccl = ".".join(map(str, torch.cuda.nccl.version())) if cuda else "n/a"

@@ -13,29 +13,29 @@ import importlib.util
 import shlex
 import sys
 
-# (command words, module, one-line help). Order is the order shown in --help.
+# (command words, module under `wxscale.`, one-line help). Order is the order shown in --help.
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("prep",), "data_prep.prep", "raw reanalysis files or the built-in simulator -> dataset dir (HDF5 shards)"),
     (("check",), "data_prep.check", "validate a dataset dir: schema, shapes, dtype, NaN, time order, checksums"),
     (("model", "list"), "model.cli", "the size ladder: parameters and FLOPs per sample for a grid"),
-    (("train",), "bench.train", "train one run (a trunk, a cooldown branch, or a plain run) into a run dir"),
-    (("sweep", "plan"), "bench.sweep_plan", "plan a scaling sweep: budgets x sizes -> trunks and branches"),
-    (("sweep", "run"), "bench.sweep_run", "run a planned sweep locally or through Slurm (resumable)"),
-    (("sweep", "status"), "bench.sweep_status", "show what a sweep has done, is running, or failed"),
-    (("fit",), "bench.fit_cli", "IsoFLOP and scaling-law fits with bootstrap intervals from runs.csv"),
-    (("eval",), "bench.evaluate", "roll a trained model out over the test split: RMSE, ACC, spectra"),
-    (("bench", "loader"), "bench.loader_bench", "loader throughput: DALI and torch against a plain read"),
-    (("bench", "model"), "bench.model_bench", "model forward+backward speed and GFLOP/s against matmul peak"),
-    (("bench", "throughput"), "bench.throughput", "training throughput, MFU and memory per configuration"),
-    (("bench", "scaling"), "bench.scaling", "weak and strong scaling over ranks"),
-    (("report",), "bench.report", "one Markdown page with plots from a benchmark or study folder"),
-    (("submit",), "bench.submit", "render an sbatch template from submit/ and submit it (or --dry-run)"),
-    (("demo",), "bench.demo", "the main job: a miniature scaling study on the built-in dataset"),
+    (("train",), "training.trainer", "train one run (a trunk, a cooldown branch, or a plain run) into a run dir"),
+    (("sweep", "plan"), "study.plan", "plan a scaling sweep: budgets x sizes -> trunks and branches"),
+    (("sweep", "run"), "study.run", "run a planned sweep locally or through Slurm (resumable)"),
+    (("sweep", "status"), "study.status", "show what a sweep has done, is running, or failed"),
+    (("fit",), "study.fit_cli", "IsoFLOP and scaling-law fits with bootstrap intervals from runs.csv"),
+    (("eval",), "evaluation.evaluate", "roll a trained model out over the test split: RMSE, ACC, spectra"),
+    (("bench", "loader"), "perf.loader_bench", "loader throughput: DALI and torch against a plain read"),
+    (("bench", "model"), "perf.model_bench", "model forward+backward speed and GFLOP/s against matmul peak"),
+    (("bench", "throughput"), "perf.throughput", "training throughput, MFU and memory per configuration"),
+    (("bench", "scaling"), "perf.scaling", "weak and strong scaling over ranks"),
+    (("report",), "report", "one Markdown page with plots from a benchmark or study folder"),
+    (("submit",), "submit", "render an sbatch template from submit/ and submit it (or --dry-run)"),
+    (("demo",), "demo", "the main job: a miniature scaling study on the built-in dataset"),
 ]
 
 
 def _available() -> list[tuple[tuple[str, ...], str, str]]:
-    return [c for c in COMMANDS if importlib.util.find_spec(c[1]) is not None]
+    return [c for c in COMMANDS if importlib.util.find_spec(f"wxscale.{c[1]}") is not None]
 
 
 def _top_help(commands: list[tuple[tuple[str, ...], str, str]]) -> str:
@@ -46,7 +46,7 @@ def _top_help(commands: list[tuple[tuple[str, ...], str, str]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.errors import WxscaleError
+    from wxscale.errors import WxscaleError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = _available()
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwxscale: error: unknown command {' '.join(argv[:2])!r}", file=sys.stderr)
         return 2
     words, module_name, text = match
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(f"wxscale.{module_name}")
     parser = argparse.ArgumentParser(prog="wxscale " + " ".join(words), description=text)
     module.add_arguments(parser)
     args = parser.parse_args(argv[len(words):])

@@ -19,8 +19,8 @@ import json
 import time
 from pathlib import Path
 
-from bench.cli import main as cli
-from data_prep.errors import WxscaleError
+from wxscale.cli import main as cli
+from wxscale.errors import WxscaleError
 
 # Chosen so that on 2 CPU cores the study takes ~10 minutes and the middle budgets have interior optima
 # (see the closing notes of the scaling-study issue for the measurements behind these numbers).
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     data, sweep, fit, evaluation = out / "data" / "swe", out / "sweep", out / "fit", out / "eval"
 
     t0 = _step("1/5 dataset: the built-in shallow-water simulator -> HDF5 shards")
-    from data_prep.check import check_dataset
+    from wxscale.data_prep.check import check_dataset
 
     if (data / "data.json").is_file() and not check_dataset(data, checksums=False, values=False):
         print(f"reusing {data} (checks clean; delete it to simulate again)")
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     best = _best_run(sweep)
     if not args.skip_eval and best is not None:
         t0 = _step(f"5/5 eval: the best model of the largest budget ({best.name}) rolled out over the test split")
-        from bench.evaluate import evaluate_run
+        from wxscale.evaluation.evaluate import evaluate_run
 
         evaluate_run(best, out=evaluation)
         print(f"[{time.perf_counter() - t0:.0f} s]")

@@ -40,6 +40,16 @@ def git_sha() -> str:
     return _git("rev-parse", "HEAD") or ""
 
 
+def suite_version() -> str:
+    """The installed wxscale version, with the short commit when run from a checkout (e.g. '0.1.0+g1a2b3c4')."""
+    try:
+        version = importlib.metadata.version("wxscale")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    sha = git_sha()[:7]
+    return f"{version}+g{sha}" if sha else version
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -90,7 +100,7 @@ def provenance(device=None) -> dict[str, str]:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    from bench.hardware import describe_device
+    from wxscale.hardware import describe_device
 
     desc = describe_device(device)
     nccl = ""

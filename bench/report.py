@@ -21,12 +21,12 @@ import csv
 import math
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 
-from bench.provenance import PROVENANCE_COLUMNS, git_sha
-from data_prep.errors import WxscaleError
+from wxscale.errors import WxscaleError
+from wxscale.files import write_text_atomic
+from wxscale.provenance import PROVENANCE_COLUMNS, git_sha
 
 # What the known tables are (by file name), shown under their headings.
 DESCRIPTIONS = {
@@ -180,12 +180,8 @@ def write_report(root: str | os.PathLike, max_rows: int = 30, title: str | None 
     if not root.is_dir():
         raise WxscaleError(f"report: {root} is not a folder; give a benchmark or study output folder")
     text = build_report(root, max_rows=max_rows, title=title)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".report.", suffix=".md")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
     out = root / "report.md"
-    os.replace(tmp, out)
+    write_text_atomic(out, text)
     return out
 
 

@@ -32,7 +32,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.errors import WxscaleError
+from wxscale.errors import WxscaleError
+from wxscale.files import write_text_atomic
 
 TEMPLATE_SUFFIX = ".sbatch"
 REQUIRED = "<required>"
@@ -275,10 +276,7 @@ def run(args: argparse.Namespace) -> int:
     params = _parse_assignments([*args.params, *args.set_params])
     text = render_template(args.template, params)
     if args.save is not None:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.save.with_name(args.save.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.save)
+        write_text_atomic(args.save, text)
     if args.dry_run:
         sys.stdout.write(text)
         return 0

@@ -16,8 +16,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.errors import WxscaleError
-from data_prep.layout import (
+from wxscale.data_prep.layout import (
     DATA_JSON,
     DIMS,
     FIELDS_KEY,
@@ -31,6 +30,7 @@ from data_prep.layout import (
     sha256_file,
     valid_sample_starts,
 )
+from wxscale.errors import WxscaleError
 
 SCAN_BYTES = 64 << 20  # values are scanned for NaN in blocks of this size
 

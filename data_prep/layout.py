@@ -16,20 +16,16 @@ crosses a shard boundary or a gap in time (:func:`valid_sample_starts`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from data_prep.errors import WxscaleError
+from wxscale.errors import WxscaleError
 
 FORMAT_VERSION = 1
 DATA_JSON = "data.json"
@@ -192,23 +188,6 @@ def load_meta(dataset_dir: str | os.PathLike) -> DatasetMeta:
     return DatasetMeta.from_json_dict(d, str(path))
 
 
-def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
-    """Write JSON to a temporary file in the same dir, fsync, then rename over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -326,36 +305,3 @@ def read_stats(dataset_dir: str | os.PathLike, with_climatology: bool = False) -
         clim = f["climatology"][:] if with_climatology and "climatology" in f else None
         hours = f["clim_hours"][:] if "clim_hours" in f else None
         return Stats(f["mean"][:], f["std"][:], f["diff_std"][:], clim, hours)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# atomic output
-
-
-@contextlib.contextmanager
-def atomic_output_dir(
-    out: str | os.PathLike, overwrite: bool = False, flag: str = "--overwrite"
-) -> Iterator[Path]:
-    """Yield a temporary dir beside `out`; rename it to `out` only when the block finishes without error.
-
-    An interrupted or failed write leaves no dir that looks complete: the temporary one is removed on error,
-    and one left behind by a SIGKILL has a name starting with '.' and ending in '.partial'.
-    """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise WxscaleError(f"output dir {out} exists; pass {flag} to replace it, or choose another path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

@@ -43,8 +43,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from data_prep.errors import WxscaleError
-from data_prep.layout import (
+from wxscale.data_prep.layout import (
     FIELDS_KEY,
     TIME_KEY,
     DatasetMeta,
@@ -53,6 +52,7 @@ from data_prep.layout import (
     read_stats,
     valid_sample_starts,
 )
+from wxscale.errors import WxscaleError
 
 KINDS = ("torch", "dali")
 DALI_INSTALL_HINT = "install `nvidia-dali-cuda130` (pip install nvidia-dali-cuda130) or use `--loader torch`"

@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,24 +34,21 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
-from data_prep.errors import WxscaleError
-from data_prep.layout import (
+from wxscale.data_prep.layout import (
     SPLITS,
     STATS_H5,
     DatasetMeta,
     ShardInfo,
     ShardWriter,
     Stats,
-    atomic_output_dir,
     hours_since_epoch,
     hours_to_datetime64,
     iso,
     sha256_file,
     valid_sample_starts,
-    write_json_atomic,
     write_stats,
 )
-from data_prep.reader import (
+from wxscale.data_prep.reader import (
     channel_specs,
     normalise,
     open_inputs,
@@ -61,6 +56,9 @@ from data_prep.reader import (
     read_channels,
     select_channels,
 )
+from wxscale.errors import WxscaleError
+from wxscale.files import atomic_output_dir, write_json_atomic
+from wxscale.provenance import suite_version
 
 BLOCK_BYTES = 64 << 20  # one time block read from the input, float32
 MAX_SHARD_BYTES = 2 << 30  # a calendar year of one split is cut further when larger than this
@@ -341,23 +339,6 @@ def _coarsen(x: np.ndarray, n: int) -> np.ndarray:
     return x.reshape(t, c, h // n, n, w // n, n).mean(axis=(3, 5))
 
 
-def _wxscale_version() -> str:
-    try:
-        version = importlib.metadata.version("wxscale")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{version}+g{sha}" if sha else version
-
 
 def checksum_input(path: str | os.PathLike) -> dict:
     """Provenance of one input: absolute path, size, sha256 (of every file, in order, for a zarr dir)."""
@@ -601,7 +582,7 @@ def write_dataset(
             }
         source.update(
             {
-                "wxscale_version": _wxscale_version(),
+                "wxscale_version": suite_version(),
                 "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "command": source.get("command", "python: data_prep.prep.write_dataset"),
                 "variables_requested": variables,
@@ -651,7 +632,7 @@ def write_dataset(
 
 def _simulator():
     try:
-        from data_prep import simulator
+        from wxscale.data_prep import simulator
     except ImportError:
         return None
     return simulator
@@ -735,7 +716,7 @@ def run(args: argparse.Namespace) -> int:
         source=source,
         progress=progress,
     )
-    from data_prep.layout import load_meta
+    from wxscale.data_prep.layout import load_meta
 
     meta = load_meta(out)
     counts = ", ".join(

@@ -29,7 +29,7 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from data_prep.errors import WxscaleError
+from wxscale.errors import WxscaleError
 
 # Common spellings of each coordinate, first match wins. "t" is not a time name: in ERA5 it is temperature.
 COORD_NAMES: dict[str, tuple[str, ...]] = {

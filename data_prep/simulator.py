@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_prep.errors import ConfigError
+from wxscale.errors import ConfigError
 
 SIMULATOR_NAME = "wxscale-swe"
 SIMULATOR_VERSION = "1.0"

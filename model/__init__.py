@@ -12,10 +12,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from model.config import LADDER, SwinConfig, grid_layout, resolve_config
-from model.flops import ModelFlops, count_params, model_flops, torch_flop_counter
+from wxscale.model.config import LADDER, SwinConfig, grid_layout, resolve_config
+from wxscale.model.flops import ModelFlops, count_params, model_flops, torch_flop_counter
 
-_LAZY = {"build_model": "model.swin", "SwinEmulator": "model.swin", "norm_backend": "model.norms"}
+_LAZY = {"build_model": "swin", "SwinEmulator": "swin", "norm_backend": "norms"}  # modules under wxscale.model
 
 __all__ = [
     "LADDER", "ModelFlops", "SwinConfig", "SwinEmulator", "build_model", "count_params", "grid_layout",
@@ -25,5 +25,5 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:  # PEP 562: import torch only when the network is asked for
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'model' has no attribute {name!r}")

@@ -9,9 +9,9 @@ import argparse
 import csv
 import sys
 
-from data_prep.errors import WxscaleError
-from model.config import LADDER, resolve_config
-from model.flops import model_flops
+from wxscale.errors import WxscaleError
+from wxscale.model.config import LADDER, resolve_config
+from wxscale.model.flops import model_flops
 
 COLUMNS = ["size", "embed_dim", "depth", "num_heads", "window", "patch", "params", "forward_matmul_flops",
            "forward_other_flops", "train_flops_per_sample"]

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from data_prep.errors import ConfigError
+from wxscale.errors import ConfigError
 
 NORMS = ("layernorm", "rmsnorm")
 # Static coordinate channels fed with the state: cos/sin of latitude and of longitude ("latlon"), of latitude

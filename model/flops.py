@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.config import SwinConfig, grid_layout
+from wxscale.model.config import SwinConfig, grid_layout
 
 # Elementwise costs per element (see the module docstring).
 _NORM_COST = {"layernorm": 7, "rmsnorm": 4}
@@ -97,7 +97,7 @@ def model_flops(cfg: SwinConfig, grid: tuple[int, int], in_channels: int, rollou
     of the coordinate channels the config adds itself. See the module docstring for the convention.
     """
     if not isinstance(rollout_steps, int) or rollout_steps < 1:
-        from data_prep.errors import ConfigError
+        from wxscale.errors import ConfigError
         raise ConfigError(f"rollout_steps={rollout_steps!r}: must be a positive integer")
     lay = grid_layout(cfg, tuple(grid))
     d, hid, p, n_heads, hd = cfg.embed_dim, cfg.hidden_dim, cfg.patch, cfg.num_heads, cfg.head_dim

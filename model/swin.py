@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from data_prep.errors import ConfigError
-from model.config import GridLayout, SwinConfig, grid_layout
-from model.flops import ModelFlops, model_flops
-from model.norms import make_norm, norm_backend
+from wxscale.errors import ConfigError
+from wxscale.model.config import GridLayout, SwinConfig, grid_layout
+from wxscale.model.flops import ModelFlops, model_flops
+from wxscale.model.norms import make_norm, norm_backend
 
 # ----------------------------------------------------------------------------------------------------
 # Static input fields

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from data_prep.layout import (
+from wxscale.data_prep.layout import (
     FIELDS_KEY,
     DatasetMeta,
     ShardInfo,
@@ -28,9 +28,9 @@ from data_prep.layout import (
     read_stats,
     sha256_file,
     valid_sample_starts,
-    write_json_atomic,
     write_stats,
 )
+from wxscale.files import write_json_atomic
 
 T0_HOURS = 262968  # 2000-01-01T00:00Z in hours since 1970
 

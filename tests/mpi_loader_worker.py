@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 def main() -> int:
     from mpi4py import MPI  # imported here, not at module level: DALI worker processes never need MPI
 
-    from data_prep.loader import build_loader
     from tests.conftest import state_keys
+    from wxscale.data_prep.loader import build_loader
 
     dataset, out, kinds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
     comm = MPI.COMM_WORLD

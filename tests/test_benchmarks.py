@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.cli import main
-from bench.provenance import PROVENANCE_COLUMNS, provenance
-from bench.scaling import COLUMNS as SCALING_COLUMNS
-from bench.scaling import best_of_rounds, efficiencies
-from bench.throughput import COLUMNS, time_repeats
 from tests.train_utils import REPO, child_env
+from wxscale.cli import main
+from wxscale.perf.scaling import COLUMNS as SCALING_COLUMNS
+from wxscale.perf.scaling import best_of_rounds, efficiencies
+from wxscale.perf.throughput import COLUMNS, time_repeats
+from wxscale.provenance import PROVENANCE_COLUMNS, provenance
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 # The tiny dataset is 8 x 16: s0/s1 need smaller patches and windows to fit it.
@@ -147,7 +147,7 @@ def test_best_of_rounds_keeps_the_fastest_round():
 def test_scaling_runs_one_and_two_ranks(tiny_dataset, tmp_path):
     pytest.importorskip("mpi4py")
     out = tmp_path / "scaling"
-    cmd = [sys.executable, "-m", "bench.cli", "bench", "scaling", "--dataset", str(tiny_dataset), "--ranks", "1,2",
+    cmd = [sys.executable, "-m", "wxscale.cli", "bench", "scaling", "--dataset", str(tiny_dataset), "--ranks", "1,2",
            "--mode", "both", "--batch", "2", "--warmup", "1", "--steps", "2", "--repeats", "1", "--out", str(out),
            *TINY_MODEL]
     r = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=400)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from bench.cli import main as cli
-from data_prep.check import check_dataset
-from data_prep.layout import FIELDS_KEY, TIME_KEY, sha256_file
-from data_prep.prep import write_dataset
 from tests.conftest import make_tiny_dataset
+from wxscale.cli import main as cli
+from wxscale.data_prep.check import check_dataset
+from wxscale.data_prep.layout import FIELDS_KEY, TIME_KEY, sha256_file
+from wxscale.data_prep.prep import write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from bench.config import TrainConfig, apply_overrides, load_config, parse_scalar, save_config, validate_config
-from data_prep.errors import ConfigError
+from wxscale.errors import ConfigError
+from wxscale.training.config import (
+    TrainConfig,
+    apply_overrides,
+    load_config,
+    parse_scalar,
+    save_config,
+    validate_config,
+)
 
 BASE = {"data": {"dataset": "d"}, "run": {"target_samples": 64, "global_batch": 8}}
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.cli import main as cli
 from tests.conftest import make_tiny_dataset
 from tests.train_utils import write_sweep_base
+from wxscale.cli import main as cli
 
 
 def test_demo_runs_every_stage_and_reuses_work(tmp_path: Path, capsys):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import distributed
-from bench.distributed import World, detect_world, first_host
-from bench.train import train
-from data_prep.errors import WxscaleError
 from tests.train_utils import REPO, child_env, read_metrics, tiny_config, train_cmd, write_config
+from wxscale.errors import WxscaleError
+from wxscale.training import distributed
+from wxscale.training.distributed import World, detect_world, first_host
+from wxscale.training.trainer import train
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench.cli import main
-from bench.evaluate import evaluate_model, evaluate_run
-from data_prep.layout import Stats, load_meta, read_stats, write_stats
 from tests.conftest import make_tiny_dataset
 from tests.train_utils import tiny_config
+from wxscale.cli import main
+from wxscale.data_prep.layout import Stats, load_meta, read_stats, write_stats
+from wxscale.evaluation.evaluate import evaluate_model, evaluate_run
 
 CLIM_HOURS = np.array([0, 6, 12, 18])
 SCORE_COLUMNS = ["channel", "lead_hours", "model", "persistence", "climatology"]
@@ -42,7 +42,7 @@ def clim_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(clim_dataset, tmp_path_factory) -> Path:
-    from bench.train import train
+    from wxscale.training.trainer import train
 
     run_dir = tmp_path_factory.mktemp("evalrun") / "run"
     summary = train(tiny_config(clim_dataset, run={"target_samples": 32, "checkpoint_at_samples": [16]}),

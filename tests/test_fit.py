@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import fit as F
-from bench.cli import main as cli_main
-from data_prep.errors import WxscaleError
+from wxscale.cli import main as cli_main
+from wxscale.errors import WxscaleError
+from wxscale.study import fit as F
 
 CHINCHILLA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chinchilla" / "svg_extracted_data.csv"
 

@@ -9,8 +9,8 @@ from contextlib import redirect_stdout
 import pytest
 import torch
 
-from model import build_model, model_flops, resolve_config, torch_flop_counter
-from model.flops import MATMUL_KEYS, OTHER_KEYS
+from wxscale.model import build_model, model_flops, resolve_config, torch_flop_counter
+from wxscale.model.flops import MATMUL_KEYS, OTHER_KEYS
 
 torch.set_num_threads(1)
 
@@ -88,8 +88,8 @@ def test_breakdown_adds_up_and_rollout_scales_training():
 def test_model_list_command_prints_every_size():
     import argparse
 
-    from model import LADDER
-    from model.cli import add_arguments, run
+    from wxscale.model import LADDER
+    from wxscale.model.cli import add_arguments, run
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     out = io.StringIO()
@@ -99,6 +99,6 @@ def test_model_list_command_prints_every_size():
     assert [r["size"] for r in rows] == list(LADDER)
     f = model_flops(LADDER["s3"], (32, 64), 3, rollout_steps=2)
     assert int(rows[3]["train_flops_per_sample"]) == f.train_flops_per_sample
-    from data_prep.errors import WxscaleError
+    from wxscale.errors import WxscaleError
     with pytest.raises(WxscaleError, match="--grid"):
         run(parser.parse_args(["--grid", "32by64"]))

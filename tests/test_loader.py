@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.errors import WxscaleError
-from data_prep.layout import FIELDS_KEY, load_meta, read_stats
-from data_prep.loader import EpochSampler, SampleIndex, build_loader
 from tests.conftest import make_tiny_dataset, state_keys
+from wxscale.data_prep.layout import FIELDS_KEY, load_meta, read_stats
+from wxscale.data_prep.loader import EpochSampler, SampleIndex, build_loader
+from wxscale.errors import WxscaleError
 
 try:
     import nvidia.dali  # noqa: F401
@@ -229,7 +229,7 @@ def test_make_tiny_dataset_options(tmp_path):
 
 
 def test_loader_bench_writes_csv_and_png(tiny_dataset, tmp_path):
-    from bench import cli
+    from wxscale import cli
 
     out = tmp_path / "bench"
     loaders = "plain,plain_block,torch" + (",dali" if HAVE_DALI else "")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.loader import EpochSampler, SampleIndex
+from wxscale.data_prep.loader import EpochSampler, SampleIndex
 
 pytestmark = pytest.mark.mpi
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.losses import amse, mse, rollout_loss, step_loss
+from wxscale.training.losses import amse, mse, rollout_loss, step_loss
 
 
 def _w(h: int) -> torch.Tensor:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bench.metrics import (
+from wxscale.metrics import (
     EARTH_RADIUS_M,
     acc,
     area_weights,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.errors import ConfigError
-from model import LADDER, SwinConfig, build_model, count_params, model_flops, resolve_config
+from wxscale.errors import ConfigError
+from wxscale.model import LADDER, SwinConfig, build_model, count_params, model_flops, resolve_config
 
 torch.set_num_threads(1)
 

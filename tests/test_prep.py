@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import data_prep.prep as prep
-from bench.cli import main as cli
-from data_prep.check import check_dataset
-from data_prep.errors import WxscaleError
-from data_prep.layout import (
+import wxscale.data_prep.prep as prep
+from wxscale.cli import main as cli
+from wxscale.data_prep.check import check_dataset
+from wxscale.data_prep.layout import (
     FIELDS_KEY,
     TIME_KEY,
     hours_since_epoch,
@@ -26,8 +25,9 @@ from data_prep.layout import (
     read_stats,
     valid_sample_starts,
 )
-from data_prep.prep import write_dataset
-from data_prep.reader import open_inputs
+from wxscale.data_prep.prep import write_dataset
+from wxscale.data_prep.reader import open_inputs
+from wxscale.errors import WxscaleError
 
 
 def make_ds(
@@ -325,7 +325,7 @@ def test_cli_prep_then_check(tmp_path, capsys):
 
 
 def test_builtin_swe_preps_and_checks_clean(tmp_path, capsys):
-    pytest.importorskip("data_prep.simulator")
+    pytest.importorskip("wxscale.data_prep.simulator")
     out = tmp_path / "swe"
     rc, text = run_cli(
         [
@@ -389,7 +389,7 @@ def test_bad_missing_file(tmp_path, capsys):
 def test_bad_unreadable_file(tmp_path, capsys, monkeypatch):
     p = _nc(tmp_path, make_ds())
     p.chmod(0)
-    import data_prep.reader as reader
+    import wxscale.data_prep.reader as reader
 
     real_access = reader.os.access
     monkeypatch.setattr(

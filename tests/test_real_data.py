@@ -12,9 +12,9 @@ import h5py
 import numpy as np
 import pytest
 
-from bench.cli import main as cli
-from data_prep.check import check_dataset
-from data_prep.layout import FIELDS_KEY, load_meta, read_stats
+from wxscale.cli import main as cli
+from wxscale.data_prep.check import check_dataset
+from wxscale.data_prep.layout import FIELDS_KEY, load_meta, read_stats
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 

@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-from bench.checkpoint import latest_checkpoint, load_checkpoint
-from bench.train import train
-from data_prep.errors import ConfigError
 from tests.train_utils import REPO, child_env, read_metrics, tiny_config, train_cmd, write_config
+from wxscale.errors import ConfigError
+from wxscale.training.checkpoint import latest_checkpoint, load_checkpoint
+from wxscale.training.trainer import train
 
 STEPS = 60  # about 2.6 epochs of the tiny dataset at batch 4: the resume crosses epoch boundaries
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from bench.config import ScheduleConfig
-from bench.schedules import Schedule, build_schedule, cooldown_factor
-from data_prep.errors import ConfigError
+from wxscale.errors import ConfigError
+from wxscale.training.config import ScheduleConfig
+from wxscale.training.schedules import Schedule, build_schedule, cooldown_factor
 
 
 def test_cooldown_shapes():

@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from data_prep.errors import ConfigError
-from data_prep.simulator import (
+from wxscale.data_prep.simulator import (
     EARTH_RADIUS,
     GRAVITY,
     OMEGA,
@@ -21,6 +20,7 @@ from data_prep.simulator import (
     run_trajectory,
     simulate_swe,
 )
+from wxscale.errors import ConfigError
 
 # A small dataset: 16 x 32 output (T15), two years with two 3-day trajectories each.
 SMALL = SimConfig(n_lat=16, n_lon=32, years=2, traj_per_year=2, traj_days=3, spinup_days=0.5, seed=1,

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import submit
 from tests.slurm_cluster import SlurmCluster, unavailable_reason
+from wxscale import submit
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = 2

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import submit
-from data_prep.errors import WxscaleError
+from wxscale import submit
+from wxscale.errors import WxscaleError
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMIT = ROOT / "submit"
@@ -170,7 +170,7 @@ def test_template_from_a_path_with_includes_and_overrides(tmp_path):
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bench.cli", "submit", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "wxscale.cli", "submit", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

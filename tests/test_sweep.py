@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench.cli import main as cli
-from bench.sweep import collect_runs, sweep_table
-from bench.sweep_plan import PLAN_COLUMNS, SweepSpec, load_plan, plan_sweep, trunks_of
-from bench.sweep_run import run_local, run_slurm
-from data_prep.errors import WxscaleError
 from tests.conftest import make_tiny_dataset
 from tests.train_utils import write_sweep_base
+from wxscale.cli import main as cli
+from wxscale.errors import WxscaleError
+from wxscale.study.plan import PLAN_COLUMNS, SweepSpec, load_plan, plan_sweep, trunks_of
+from wxscale.study.run import run_local, run_slurm
+from wxscale.study.sweep import collect_runs, sweep_table
 
 # A tiny grid needs a smaller patch and window than the ladder's defaults.
 TINY_MODEL = {"patch": 2, "window": [2, 4]}

@@ -10,16 +10,16 @@ import pytest
 import torch
 import yaml
 
-from bench import cli
-from bench.checkpoint import load_checkpoint
-from bench.config import load_config
-from bench.hardware import _gpu_entry, measure_matmul_peak, peak_flops
-from bench.optim import build_optimizer, param_groups
-from bench.schedules import cooldown_factor
-from bench.train import BASE_COLUMNS, train
-from data_prep.errors import ConfigError, WxscaleError
 from tests.conftest import make_tiny_dataset
 from tests.train_utils import read_metrics, tiny_config, write_config
+from wxscale import cli
+from wxscale.errors import ConfigError, WxscaleError
+from wxscale.hardware import _gpu_entry, measure_matmul_peak, peak_flops
+from wxscale.training.checkpoint import load_checkpoint
+from wxscale.training.config import load_config
+from wxscale.training.optim import build_optimizer, param_groups
+from wxscale.training.schedules import cooldown_factor
+from wxscale.training.trainer import BASE_COLUMNS, train
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_run_dir_contract(trunk, tiny_dataset):
     assert [c for c in rows[0] if c.startswith("val_rmse_")] == ["val_rmse_z", "val_rmse_u", "val_rmse_v"]
     assert [int(r["step"]) for r in rows] == list(range(1, 17))
     fps = summary["flops_per_sample"]
-    from model import model_flops, resolve_config
+    from wxscale.model import model_flops, resolve_config
 
     swin = resolve_config("s0", {"patch": 2, "window": [2, 4]})
     assert fps == model_flops(swin, (8, 16), 3, rollout_steps=1).train_flops_per_sample
@@ -242,7 +242,7 @@ def test_branch_must_end_after_and_cool_after_its_branch_point(trunk, tiny_datas
 
 
 def test_param_groups_and_optimizer_choice():
-    from model import build_model, resolve_config
+    from wxscale.model import build_model, resolve_config
 
     net = build_model(resolve_config("s0", {"patch": 2, "window": [2, 4]}), grid=(8, 16), in_channels=3)
     decay, no_decay = param_groups(net, 0.1)

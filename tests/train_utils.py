@@ -56,7 +56,7 @@ def child_env() -> dict[str, str]:
 
 
 def train_cmd(config: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bench.cli", "train", "--config", str(config), "--run-dir", str(run_dir), *extra]
+    return [sys.executable, "-m", "wxscale.cli", "train", "--config", str(config), "--run-dir", str(run_dir), *extra]
 
 
 def run_train(config: Path, run_dir: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.sweep import collect_runs, sweep_table
+from wxscale.study.sweep import collect_runs, sweep_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

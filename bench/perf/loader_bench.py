@@ -22,18 +22,17 @@ block reads, a ceiling no per-sample random access reaches.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import h5py
 from tqdm import tqdm
 
-from data_prep.errors import WxscaleError
-from data_prep.layout import FIELDS_KEY, load_meta
+from wxscale.data_prep.layout import FIELDS_KEY, load_meta
+from wxscale.errors import WxscaleError
+from wxscale.files import save_figure, write_csv
 
 LOADERS = ("plain", "plain_block", "torch", "dali")
 COLUMNS = [
@@ -116,14 +115,6 @@ def _epoch(loader) -> int:
     return n
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
 
 def _plot(path: Path, rows: list[dict], title: str) -> None:
     import matplotlib
@@ -152,15 +143,11 @@ def _plot(path: Path, rows: list[dict], title: str) -> None:
     ax.set_xlim(0, max(rates) * 1.45)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_prep.loader import SampleIndex, build_loader
+    from wxscale.data_prep.loader import SampleIndex, build_loader
 
     kinds = [k.strip() for k in args.loaders.split(",") if k.strip()]
     bad = [k for k in kinds if k not in LOADERS]
@@ -248,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         r["samples_per_s"], r["mb_per_s"] = round(r["samples_per_s"], 1), round(r["mb_per_s"], 1)
 
-    _write_csv(out / "loader_bench.csv", rows)
+    write_csv(out / "loader_bench.csv", rows, COLUMNS)
     title = (
         f"{meta.dataset_name}: {meta.n_channels}x{h}x{w}, rollout {k}, batch {args.batch_size}, "
         f"{args.num_workers} workers, {os.cpu_count()} CPUs"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from data_prep.errors import ConfigError
+from wxscale.errors import ConfigError
 
 SHAPES = ("linear", "1-sqrt", "cosine")
 

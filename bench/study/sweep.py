@@ -23,8 +23,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from bench.sweep_plan import BASE_YAML, PLAN_COLUMNS, SweepSpec, load_plan, trunks_of
-from data_prep.errors import WxscaleError
+from wxscale.errors import WxscaleError
+from wxscale.files import write_csv, write_json_atomic
+from wxscale.study.plan import BASE_YAML, PLAN_COLUMNS, SweepSpec, load_plan, trunks_of
 
 RUNS_CSV = "runs.csv"
 LAUNCH_MARK = ".sweep_launch.json"
@@ -130,7 +131,6 @@ def slurm_job_alive(job_id: str | None) -> bool:
 
 
 def mark_launched(run_dir: Path, **info: object) -> None:
-    from data_prep.layout import write_json_atomic
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / LAUNCH_MARK, {"host": socket.gethostname(), **info})
@@ -172,7 +172,5 @@ def collect_runs(sweep_dir: Path) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows)
     out = Path(sweep_dir) / RUNS_CSV
-    tmp = out.with_name(f".{RUNS_CSV}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(out)
+    write_csv(out, df)
     return df

@@ -39,9 +39,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.provenance import PROVENANCE_COLUMNS
-from bench.throughput import add_step_arguments, parse_list, save_png, usable_cores, write_csv
-from data_prep.errors import WxscaleError
+from wxscale.args import parse_list
+from wxscale.errors import WxscaleError
+from wxscale.files import save_figure, write_csv
+from wxscale.perf.throughput import add_step_arguments, usable_cores
+from wxscale.provenance import PROVENANCE_COLUMNS
 
 COLUMNS = [
     "mode", "ranks", "size", "params", "precision", "loader", "batch_per_rank", "global_batch", "samples_per_s",
@@ -188,13 +190,13 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.suptitle(f"data-parallel scaling on {r0.get('device', '')} ({r0.get('cores', '?')} cores, "
                  f"threads per rank = cores // ranks)", fontsize=10)
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from data_prep.layout import load_meta
+    from wxscale.data_prep.layout import load_meta
 
     ranks = sorted(set(parse_list(args.ranks, "--ranks", int)))
     if ranks[0] < 1:
@@ -226,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         name = f"ranks_{r_count}" + (f"_round{rnd + 1}" if args.rounds > 1 else "")
         sub = out / name
         cmd = launcher_command(args.launcher, r_count, args.launcher_args) + [
-            sys.executable, "-m", "bench.cli", "bench", "throughput", "--dataset", args.dataset,
+            sys.executable, "-m", "wxscale.cli", "bench", "throughput", "--dataset", args.dataset,
             "--sizes", args.sizes, "--batch", ",".join(map(str, per_rank)), "--precision", args.precision,
             "--loader", args.loader, "--num-workers", str(args.num_workers), "--warmup", str(args.warmup),
             "--steps", str(args.steps), "--repeats", str(args.repeats), "--device", args.device,

@@ -23,7 +23,10 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from bench.sweep import (
+from wxscale.errors import WxscaleError
+from wxscale.files import write_text_atomic
+from wxscale.study.plan import load_plan, trunks_of
+from wxscale.study.sweep import (
     branch_config,
     collect_runs,
     load_base,
@@ -33,8 +36,6 @@ from bench.sweep import (
     sweep_table,
     trunk_config,
 )
-from bench.sweep_plan import load_plan, trunks_of
-from data_prep.errors import WxscaleError
 
 CONFIGS = "configs"
 
@@ -59,14 +60,12 @@ def write_run_configs(sweep_dir: Path) -> dict[str, Path]:
 
 
 def _write_yaml(path: Path, tree: dict) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(tree, sort_keys=False))
     return path
 
 
 def _train_command(config: Path, run_dir: Path, threads: int | None) -> list[str]:
-    cmd = [sys.executable, "-m", "bench.cli", "train", "--config", str(config), "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "wxscale.cli", "train", "--config", str(config), "--run-dir", str(run_dir),
            "--resume", "logging.progress=false"]
     if threads:
         cmd.append(f"run.cpu_threads={threads}")
@@ -138,7 +137,7 @@ def run_local(sweep_dir: Path, jobs: int = 1, retry_failed: bool = False, thread
 def run_slurm(sweep_dir: Path, template: str, params: dict[str, str], retry_failed: bool = False,
               dry_run: bool = False) -> dict[str, str]:
     """Submit one job per unfinished run; branches wait on their trunk (afterok). Returns run_id -> job id."""
-    from bench.submit import afterok, render_template, submit_script
+    from wxscale.submit import afterok, render_template, submit_script
 
     configs = write_run_configs(sweep_dir)
     spec, _ = load_plan(sweep_dir)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.train import train
+from wxscale.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if not (args.dataset / "data.json").is_file():
-        cmd = [sys.executable, "-m", "bench.cli", "prep", "--builtin", "swe", "--out", str(args.dataset),
+        cmd = [sys.executable, "-m", "wxscale.cli", "prep", "--builtin", "swe", "--out", str(args.dataset),
                "--years", str(args.years)]
         print("making the built-in dataset:", " ".join(cmd), file=sys.stderr)
         subprocess.run(cmd, check=True, cwd=REPO)

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from data_prep.errors import WxscaleError
+from wxscale.errors import WxscaleError
+from wxscale.files import write_csv
 
 RUN_COLUMNS = ("budget_flops", "params", "samples", "flops_per_sample", "val_loss")
 ISOFLOP_COLUMNS = [
@@ -662,12 +663,6 @@ def predict(fits: FitResult, budgets: float | list[float] | np.ndarray) -> pd.Da
 
 # ------------------------------------------------------------------------------------------ files
 
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Atomic: a reader never sees half a table."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-
 
 def write_fit(result: FitResult, out_dir: str | Path) -> list[Path]:
     """isoflop.csv (if Approach 2 ran), fits.csv and fits_bootstrap.csv (the replicates, for :func:`predict`)."""
@@ -675,10 +670,10 @@ def write_fit(result: FitResult, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if result.isoflop is not None:
-        write_csv(result.isoflop, out / "isoflop.csv")
+        write_csv(out / "isoflop.csv", result.isoflop)
         written.append(out / "isoflop.csv")
     for name, df in (("fits.csv", result.fits), ("fits_bootstrap.csv", result.replicates)):
-        write_csv(df, out / name)
+        write_csv(out / name, df)
         written.append(out / name)
     return written
 

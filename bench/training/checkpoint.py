@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep.errors import WxscaleError
-from data_prep.layout import atomic_output_dir, write_json_atomic
+from wxscale.errors import WxscaleError
+from wxscale.files import atomic_output_dir, write_json_atomic, write_text_atomic
 
 STATE = "state.pt"
 META = "meta.json"
@@ -65,9 +65,7 @@ def save_checkpoint(run_dir: str | os.PathLike, name: str, state: dict, meta: di
 
 
 def _write_latest(root: Path, name: str) -> None:
-    tmp = root / f".{LATEST}.tmp"
-    tmp.write_text(name + "\n")
-    os.replace(tmp, root / LATEST)
+    write_text_atomic(root / LATEST, name + "\n")
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:

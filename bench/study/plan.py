@@ -22,14 +22,15 @@ from typing import Any
 
 import pandas as pd
 
-from data_prep.errors import WxscaleError
-from data_prep.layout import write_json_atomic
-from model.config import parse_overrides
+from wxscale.args import float_list
+from wxscale.errors import WxscaleError
+from wxscale.files import write_csv, write_json_atomic, write_text_atomic
+from wxscale.model.config import parse_overrides
 
 PLAN_CSV = "plan.csv"
 SWEEP_JSON = "sweep.json"
 BASE_YAML = "train_base.yaml"
-DEFAULT_BASE = Path(__file__).parent / "configs" / "sweep_base.yaml"
+DEFAULT_BASE = Path(__file__).resolve().parents[1] / "configs" / "sweep_base.yaml"
 PLAN_COLUMNS = [
     "run_id", "trunk_id", "budget_flops", "params", "flops_per_sample", "samples", "branch_from_samples",
     "cooldown_samples", "schedule",
@@ -73,7 +74,7 @@ class SweepSpec:
 
 def size_costs(spec: SweepSpec) -> pd.DataFrame:
     """Parameters and training FLOPs per sample of each candidate size on the spec's grid (analytic counts)."""
-    from model import model_flops, resolve_config
+    from wxscale.model import model_flops, resolve_config
 
     rows = []
     for name in spec.sizes:
@@ -164,12 +165,8 @@ def write_plan(out: Path, spec: SweepSpec, plan: pd.DataFrame, summary: dict[str
         if old != digest:
             raise WxscaleError(f"{out} already holds a different sweep plan (hash {old}, new {digest}); "
                                "use another --out, or --overwrite to replace the plan")
-    tmp = out / f".{PLAN_CSV}.tmp"
-    plan.to_csv(tmp, index=False)
-    tmp.replace(out / PLAN_CSV)
-    tmp = out / f".{BASE_YAML}.tmp"
-    tmp.write_text(base_text)
-    tmp.replace(out / BASE_YAML)
+    write_csv(out / PLAN_CSV, plan)
+    write_text_atomic(out / BASE_YAML, base_text)
     spec_d = dataclasses.asdict(spec)
     spec_d["grid"] = list(spec.grid)
     write_json_atomic(existing, {"spec": spec_d, "plan_hash": digest, "summary": summary})
@@ -198,15 +195,9 @@ def load_plan(sweep_dir: Path) -> tuple[SweepSpec, pd.DataFrame]:
 # command line
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--budgets", type=_floats, required=True, help="increasing FLOP budgets, e.g. 1e12,3e12")
+    parser.add_argument("--budgets", type=float_list, required=True, help="increasing FLOP budgets, e.g. 1e12,3e12")
     parser.add_argument("--out", type=Path, required=True, help="sweep dir to create")
     parser.add_argument("--sizes", default="s0:s4",
                         help="ladder sizes: a range s0:s4 (inclusive) or a list s0,s2,s3 (default s0:s4)")
@@ -225,7 +216,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_sizes(text: str) -> list[str]:
-    from model import LADDER
+    from wxscale.model import LADDER
 
     names = list(LADDER)
     if ":" in text:
@@ -243,7 +234,7 @@ def parse_sizes(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from data_prep.layout import load_meta
+    from wxscale.data_prep.layout import load_meta
 
     meta = load_meta(args.dataset)
     if not args.train_config.is_file():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from data_prep.errors import ConfigError
+from wxscale.errors import ConfigError
 
 NO_DECAY_KEYWORDS = ("relative_position_bias", "rel_bias", "rel_pos", "pos_embed", "bias_table")
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.RMSNorm)

@@ -14,14 +14,13 @@ Writes ``<out>/model_bench.csv`` and ``<out>/model_bench.png`` (and ``profile_<s
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import statistics
 import time
 from pathlib import Path
 
-from data_prep.errors import WxscaleError
-from model.config import parse_overrides
+from wxscale.errors import WxscaleError
+from wxscale.files import save_figure, write_csv, write_text_atomic
+from wxscale.model.config import parse_overrides
 
 COLUMNS = ["size", "params", "embed_dim", "depth", "patch", "window", "precision", "batch", "grid", "channels",
            "train_flops_per_sample", "step_s_best", "step_s_median", "samples_per_s", "achieved_gflops_s",
@@ -86,14 +85,9 @@ def profile_step(step, path: Path, rows: int = 25) -> str:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
-    _write_atomic(path, table + "\n")
+    write_text_atomic(path, table + "\n")
     return table
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -123,19 +117,16 @@ def _plot(rows: list[dict], path: Path) -> None:
     r0 = rows[0]
     fig.suptitle(f"forward+backward, batch {r0['batch']}, grid {r0['grid']} x {r0['channels']} ch, {r0['device']}")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from bench.hardware import describe_device, measure_matmul_peak
-    from model import LADDER, build_model, model_flops, norm_backend, resolve_config
-    from model.cli import parse_grid
+    from wxscale.hardware import describe_device, measure_matmul_peak
+    from wxscale.model import LADDER, build_model, model_flops, norm_backend, resolve_config
+    from wxscale.model.cli import parse_grid
 
     grid = parse_grid(args.grid)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
@@ -208,12 +199,7 @@ def run(args: argparse.Namespace) -> int:
         r["pct_of_peak"] = round(100 * r["achieved_gflops_s"] * 1e9 / peak, 2)
     print(", ".join(f"{p} matmul peak (best of two) {v / 1e9:.1f} GFLOP/s" for p, v in peaks.items()))
     csv_path = out / "model_bench.csv"
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
+    write_csv(csv_path, rows, COLUMNS)
     _plot(rows, out / "model_bench.png")
     if args.profile is not None:
         net = build_model(cfgs[args.profile], grid, args.channels).to(device)

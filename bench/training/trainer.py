@@ -36,7 +36,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,8 +46,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import distributed
-from bench.checkpoint import (
+from wxscale.data_prep.layout import load_meta, read_stats
+from wxscale.errors import ConfigError, WxscaleError
+from wxscale.files import write_csv, write_json_atomic
+from wxscale.hardware import describe_device, peak_flops
+from wxscale.provenance import git_sha
+from wxscale.training import distributed
+from wxscale.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     resolve_checkpoint,
@@ -56,13 +60,10 @@ from bench.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from bench.config import TrainConfig, config_to_dict, load_config, save_config, validate_config
-from bench.hardware import describe_device, peak_flops
-from bench.losses import mse, rollout_loss, step_loss
-from bench.optim import build_optimizer, clip_gradients
-from bench.schedules import Schedule, build_schedule
-from data_prep.errors import ConfigError, WxscaleError
-from data_prep.layout import load_meta, read_stats, write_json_atomic
+from wxscale.training.config import TrainConfig, config_to_dict, load_config, save_config, validate_config
+from wxscale.training.losses import mse, rollout_loss, step_loss
+from wxscale.training.optim import build_optimizer, clip_gradients
+from wxscale.training.schedules import Schedule, build_schedule
 
 BASE_COLUMNS = ["step", "samples", "flops", "lr", "train_loss", "val_loss", "samples_per_s", "tflops_per_s", "mfu",
                 "wall_s", "grad_norm"]
@@ -135,7 +136,7 @@ def _check_dataset(path: str, level: str) -> None:
     load_meta(path)
     if level == "off":
         return
-    from data_prep.check import check_dataset
+    from wxscale.data_prep.check import check_dataset
 
     problems = check_dataset(path, checksums=level == "full", values=level == "full")
     if problems:
@@ -181,14 +182,6 @@ def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
 
 def _fmt(v) -> str:
     if v is None:
@@ -207,12 +200,7 @@ class _MetricsWriter:
             # Drop rows written after the checkpoint we resume from: they will be written again.
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-            tmp = path.with_name(".metrics.csv.tmp")
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
-            os.replace(tmp, path)
+            write_csv(path, rows, columns)
         else:
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(columns)
@@ -278,7 +266,7 @@ class Trainer:
                               "set data.channels to the dataset's channels (in that order) or use another dataset")
 
         # --- model and FLOPs
-        from model import build_model, model_flops, resolve_config
+        from wxscale.model import build_model, model_flops, resolve_config
 
         self.swin = resolve_config(cfg.model.size, cfg.model.overrides or None)
         grid, n_ch = self.meta.grid, len(self.channels)
@@ -351,7 +339,7 @@ class Trainer:
                               f"{self.total_samples - self.samples0} or branch from an earlier checkpoint")
 
         # --- loaders
-        from data_prep.loader import build_loader
+        from wxscale.data_prep.loader import build_loader
 
         loader_device = device if cfg.data.loader == "dali" and device.type == "cuda" else None
         common = dict(seed=cfg.run.seed, rank=world.rank, world_size=world.world_size, kind=cfg.data.loader,
@@ -367,7 +355,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision.dtype == "fp16" else None
         if self.state is not None:
             self._load_state()
-        from bench.metrics import area_weights
+        from wxscale.metrics import area_weights
 
         self.lat_w = torch.as_tensor(area_weights(np.asarray(self.meta.lat)), dtype=torch.float32, device=device)
         loss_fn = step_loss(self.lat_w if cfg.loss.lat_weighted else None, cfg.loss.amse_weight, cfg.loss.amse_eps)
@@ -420,7 +408,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> tuple[float, dict[str, float]]:
         """One-step validation: lat-weighted MSE (normalised) and RMSE per channel (physical units)."""
-        from bench.metrics import lat_weighted_rmse
+        from wxscale.metrics import lat_weighted_rmse
 
         self.net.eval()
         self.val_loader.load_state_dict(self.val_start)  # every pass reads the same samples
@@ -608,7 +596,7 @@ class Trainer:
             "optimizer_impl": self.optim_impl, "precision": cfg.precision.dtype, "compile": cfg.model.compile,
             "loader": cfg.data.loader, "world_size": self.world.world_size, "launcher": self.world.launcher,
             "device": describe_device(self.device), "peak_flops_per_device": self.peak,
-            "peak_flops_source": self.peak_source, "host": socket.gethostname(), "git_sha": _git_sha(),
+            "peak_flops_source": self.peak_source, "host": socket.gethostname(), "git_sha": git_sha() or None,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         if tb:
@@ -631,7 +619,7 @@ def train(config: TrainConfig | dict | str | os.PathLike, run_dir: str | os.Path
     else:
         cfg = validate_config(config.model_dump() if isinstance(config, TrainConfig) else config)
         if overrides:
-            from bench.config import apply_overrides
+            from wxscale.training.config import apply_overrides
 
             cfg = validate_config(apply_overrides(config_to_dict(cfg), overrides))
     if run_dir is not None:

@@ -41,20 +41,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import math
 import os
 import resource
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bench.provenance import PROVENANCE_COLUMNS
-from data_prep.errors import ConfigError, WxscaleError
+from wxscale.args import parse_list
+from wxscale.errors import ConfigError, WxscaleError
+from wxscale.files import save_figure, write_csv
+from wxscale.provenance import PROVENANCE_COLUMNS
 
 RESULT_COLUMNS = [
     "size", "params", "precision", "loader", "num_workers", "world_size", "batch_per_rank", "global_batch",
@@ -102,15 +102,6 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: cuda:<local rank> when CUDA is visible, else cpu")
 
-
-def parse_list(text: str, flag: str, convert: Callable = str) -> list:
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise WxscaleError(f"{flag} {text!r}: give at least one value (comma-separated)")
-    try:
-        return [convert(t) for t in items]
-    except ValueError:
-        raise WxscaleError(f"{flag} {text!r}: expected comma-separated {convert.__name__} values") from None
 
 
 def usable_cores() -> int:
@@ -169,9 +160,9 @@ def trainer_step(trainer) -> Callable[[], float]:
 
     Returns a callable that runs a step and returns the seconds spent waiting for the batch.
     """
-    from bench import distributed
-    from bench.optim import clip_gradients
-    from bench.train import _autocast
+    from wxscale.training import distributed
+    from wxscale.training.optim import clip_gradients
+    from wxscale.training.trainer import _autocast
 
     cfg, device, opt, scaler = trainer.cfg, trainer.device, trainer.optimizer, trainer.scaler
     batches = endless(trainer.loader)
@@ -229,7 +220,7 @@ def _peak_memory(device) -> tuple[float, str]:
 def base_config(dataset: str, size: str, per_rank: int, world_size: int, precision: str, loader: str,
                 num_workers: int, device: str, steps_total: int, overrides: list[str]):
     """The trainer config of one configuration (validated), trainer overrides applied last."""
-    from bench.config import apply_overrides, validate_config
+    from wxscale.training.config import apply_overrides, validate_config
 
     g = per_rank * world_size
     tree = {
@@ -247,7 +238,7 @@ def measure(trainer, warmup: int, steps: int, repeats: int, time_loader: bool = 
     """Measure one configuration set up as ``trainer``; the result columns of :data:`RESULT_COLUMNS` it owns."""
     import torch
 
-    from bench import distributed
+    from wxscale.training import distributed
 
     device, world = trainer.device, trainer.world
     if device.type == "cuda":
@@ -306,36 +297,7 @@ def measure(trainer, warmup: int, steps: int, repeats: int, time_loader: bool = 
 # output
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
 
-
-def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    """Write rows atomically (temporary file, then rename); floats to 6 significant digits."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for everyone to read
-    with os.fdopen(fd, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows({k: _fmt(r.get(k)) for k in columns} for r in rows)
-    os.replace(tmp, path)
-
-
-def save_png(fig, path: Path) -> None:
-    """Atomic PNG write (render to a temporary name, then rename)."""
-    import matplotlib.pyplot as plt
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _label(r: dict) -> str:
@@ -375,7 +337,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.suptitle(f"training throughput: grid {r0['grid']} x {r0['channels']} ch, {r0['device']}, "
                  f"{r0['threads_per_rank']} threads/rank", fontsize=10)
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -383,7 +345,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_prep.layout import load_meta
+    from wxscale.data_prep.layout import load_meta
 
     sizes = parse_list(args.sizes, "--sizes")
     precisions = parse_list(args.precision, "--precision")
@@ -408,10 +370,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from bench import distributed
-    from bench.provenance import provenance
-    from bench.train import Trainer
-    from model import resolve_config
+    from wxscale.model import resolve_config
+    from wxscale.provenance import provenance
+    from wxscale.training import distributed
+    from wxscale.training.trainer import Trainer
 
     for s in sizes:  # unknown size names fail before any timing
         resolve_config(s)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import torch
 import torch.distributed as dist
 
-from data_prep.errors import WxscaleError
+from wxscale.errors import WxscaleError
 
 _MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
 _MPI_LOCAL_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK")

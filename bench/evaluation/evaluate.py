@@ -40,8 +40,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from data_prep.errors import ConfigError, WxscaleError
-from data_prep.layout import (
+from wxscale.args import float_list
+from wxscale.data_prep.layout import (
     FIELDS_KEY,
     SPLITS,
     TIME_KEY,
@@ -51,8 +51,9 @@ from data_prep.layout import (
     load_meta,
     read_stats,
     valid_sample_starts,
-    write_json_atomic,
 )
+from wxscale.errors import ConfigError, WxscaleError
+from wxscale.files import save_figure, write_csv, write_json_atomic
 
 DEFAULT_LEAD_STEPS = 20
 DEFAULT_BATCH_SIZE = 8
@@ -64,12 +65,6 @@ OUTPUT_FILES = ("rmse.csv", "acc.csv", "spectra.csv", "inits.csv", "eval.json", 
 # --------------------------------------------------------------------------------------------------------------
 # CLI
 
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated numbers") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,10 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most N init times, spread evenly over the split (default: all)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"init times rolled out together (default {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--lat-band", type=_floats, default=None, metavar="LO,HI",
+    parser.add_argument("--lat-band", type=float_list, default=None, metavar="LO,HI",
                         help="latitude band (deg) of the spectra (default 30,60; the whole grid if empty there; "
                              "a southern band as --lat-band=-60,-30)")
-    parser.add_argument("--spectra-leads", type=_floats, default=None, metavar="H,...",
+    parser.add_argument("--spectra-leads", type=float_list, default=None, metavar="H,...",
                         help="lead times in hours for the spectra (default: one step, half and all of L)")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default RUN/eval)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda[:i]")
@@ -117,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 def find_checkpoint(run_dir: Path, name: str | None = None) -> Path:
     """The checkpoint to evaluate: ``name``, else ``final``, else the last checkpoint of a complete run (a trunk
     whose last sample count was a requested checkpoint ends in ``samples_<n>``, not ``final``)."""
-    from bench.checkpoint import STATE, checkpoints_dir, latest_checkpoint
+    from wxscale.training.checkpoint import STATE, checkpoints_dir, latest_checkpoint
 
     root = checkpoints_dir(run_dir)
     existing = sorted(p.name for p in root.glob("*") if (p / STATE).is_file()) if root.is_dir() else []
@@ -174,9 +169,9 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None, dataset: str | 
     Returns ``(net, dataset_dir, meta, checkpoint_dir, checkpoint_meta)``; ``net`` is in eval mode on ``device``.
     """
 
-    from bench.checkpoint import load_checkpoint
-    from bench.config import load_config
-    from model import build_model, resolve_config
+    from wxscale.model import build_model, resolve_config
+    from wxscale.training.checkpoint import load_checkpoint
+    from wxscale.training.config import load_config
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -304,7 +299,7 @@ def evaluate_model(model: Callable, dataset_dir: str | Path, *, split: str = "te
     """
     import torch
 
-    from bench.metrics import acc, area_weights, weighted_mse, zonal_energy_spectrum
+    from wxscale.metrics import acc, area_weights, weighted_mse, zonal_energy_spectrum
 
     meta = meta if meta is not None else load_meta(dataset_dir)
     stats = stats if stats is not None else read_stats(dataset_dir, with_climatology=True)
@@ -442,13 +437,11 @@ def _spectra_steps(hours: Sequence[float] | None, L: int, dh: int) -> list[int]:
 
 def write_outputs(ev: Evaluation, out: str | Path, title: str = "", plots: bool = True) -> list[Path]:
     """CSV tables, eval.json and (``plots``) the two PNGs into ``out``, each written atomically."""
-    from bench.fit import write_csv
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, df in ev.tables.items():
-        write_csv(df, out / f"{name}.csv")
+        write_csv(out / f"{name}.csv", df)
         written.append(out / f"{name}.csv")
     write_json_atomic(out / "eval.json", ev.info)
     written.append(out / "eval.json")
@@ -471,8 +464,6 @@ def plot_rmse_acc(rmse: pd.DataFrame, acc_df: pd.DataFrame | None, path: Path, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.plots import _save
-
     channels = list(dict.fromkeys(rmse["channel"]))
     rows = [("RMSE", rmse)] + ([("ACC", acc_df)] if acc_df is not None else [])
     fig, axes = plt.subplots(len(rows), len(channels), figsize=(3.6 * len(channels), 3.0 * len(rows)),
@@ -493,7 +484,7 @@ def plot_rmse_acc(rmse: pd.DataFrame, acc_df: pd.DataFrame | None, path: Path, t
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_spectra(spectra: pd.DataFrame, path: Path, band: Sequence[float], title: str = "") -> Path:
@@ -503,8 +494,6 @@ def plot_spectra(spectra: pd.DataFrame, path: Path, band: Sequence[float], title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    from bench.plots import _save
 
     channels = list(dict.fromkeys(spectra["channel"]))
     leads = sorted(spectra["lead_hours"].unique())
@@ -525,7 +514,7 @@ def plot_spectra(spectra: pd.DataFrame, path: Path, band: Sequence[float], title
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def summary_table(ev: Evaluation, max_rows: int = 4) -> str:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import fit as F
-from data_prep.errors import WxscaleError
+from wxscale.errors import WxscaleError
+from wxscale.files import write_csv
+from wxscale.study import fit as F
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,10 +150,10 @@ def run(args: argparse.Namespace) -> int:
     predictions = None
     if args.predict:
         predictions = F.predict(result, args.predict)
-        F.write_csv(predictions, out / "predictions.csv")
+        write_csv(out / "predictions.csv", predictions)
         written.append(out / "predictions.csv")
     if not args.no_plots:
-        from bench import plots
+        from wxscale.study import plots
 
         if result.isoflop is not None:
             written.append(plots.plot_isoflop(F.check_runs(runs), result.isoflop, out / "isoflop.png"))

@@ -29,7 +29,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from data_prep.errors import ConfigError
+from wxscale.errors import ConfigError
+from wxscale.files import write_text_atomic
 
 
 class _Section(BaseModel):
@@ -273,7 +274,4 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     """Write the fully resolved config as YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

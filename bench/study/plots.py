@@ -17,18 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.fit import MIN_SIZES_PER_BUDGET, FitResult, law_replicates, percentile_interval  # noqa: E402
-
-
-def _save(fig, path: str | Path) -> Path:
-    """Atomic PNG write: render to a temporary name, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+from wxscale.files import save_figure  # noqa: E402
+from wxscale.study.fit import MIN_SIZES_PER_BUDGET, FitResult, law_replicates, percentile_interval  # noqa: E402
 
 
 def plot_isoflop(runs: pd.DataFrame, isoflop: pd.DataFrame, path: str | Path) -> Path:
@@ -61,7 +51,7 @@ def plot_isoflop(runs: pd.DataFrame, isoflop: pd.DataFrame, path: str | Path) ->
     ax.set_title("IsoFLOP profiles (stars: fitted optima with bootstrap interval)")
     ax.legend(fontsize=7, ncol=2 if len(budgets) > 12 else 1, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3, which="both")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _band(fit: FitResult, approach: str, quantity: str, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +102,7 @@ def plot_scaling_laws(fit: FitResult, path: str | Path, predictions: pd.DataFram
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.suptitle(f"Compute-optimal scaling (bands: {fit.level:.0%} bootstrap intervals)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_loss_curves(curves: list[tuple[str, pd.DataFrame]], path: str | Path, x: str = "flops") -> Path:
@@ -139,4 +129,4 @@ def plot_loss_curves(curves: list[tuple[str, pd.DataFrame]], path: str | Path, x
     ax.grid(alpha=0.3, which="both")
     if curves:
         ax.legend(fontsize=6, ncol=2 if len(curves) > 8 else 1)
-    return _save(fig, path)
+    return save_figure(fig, path)

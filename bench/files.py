@@ -1,0 +1,141 @@
+"""Writing outputs so that nothing half-written ever looks complete: the suite's one set of atomic writers.
+
+Every file or folder that a stage hands on (a dataset dir, a run dir's config and metrics, a sweep's CSVs, a fit,
+a benchmark table, a plot, a report) is written under a temporary name in the same folder and renamed over its
+final name when complete. A SIGKILL leaves at most a hidden ``.NAME.*.tmp`` file or ``.NAME.*.partial`` folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from wxscale.errors import WxscaleError
+
+PARTIAL_SUFFIX = ".partial"
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on a clean exit fsync it and rename it over ``path``.
+
+    On an error the temporary file is removed and ``path`` keeps its old content (or stays absent).
+    The file is made readable by everyone (mkstemp makes it private): results are meant to be shared.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_file(path) as f:
+        f.write(text)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_file(path, "wb") as f:
+        f.write(data)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_file(path) as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+
+
+def format_cell(value: Any) -> str:
+    """CSV cell text: empty for None and NaN, floats to 6 significant digits."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]] | Any,
+              columns: Sequence[str] | None = None) -> None:
+    """Write a table atomically: a list of dicts (``columns`` gives the order; missing keys are empty cells)
+    or a pandas DataFrame (written as is, without its index)."""
+    if hasattr(rows, "to_csv"):  # a DataFrame
+        frame = rows if columns is None else rows[list(columns)]
+        with atomic_file(path, newline="") as f:
+            frame.to_csv(f, index=False)
+        return
+    rows = list(rows)
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_file(path, newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        w.writerows({k: format_cell(r.get(k)) for k in columns} for r in rows)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Render a matplotlib figure to PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_file(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def partial_leftovers(out: str | os.PathLike) -> list[Path]:
+    """Temporary folders that an interrupted :func:`atomic_output_dir` into ``out`` left behind."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    return sorted(out.parent.glob(f".{out.name}.*{PARTIAL_SUFFIX}"))
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False, flag: str = "--overwrite") -> Iterator[Path]:
+    """Yield a temporary dir beside ``out``; rename it to ``out`` only when the block finishes without error.
+
+    An interrupted or failed write leaves no dir that looks complete: the temporary one is removed on error,
+    and one left behind by a SIGKILL has a name starting with '.' and ending in '.partial' (removed by the next
+    write into the same place).
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise WxscaleError(f"output dir {out} exists; pass {flag} to replace it, or choose another path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in partial_leftovers(out):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=PARTIAL_SUFFIX))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
