@@ -23,6 +23,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("sweep", "run"), "study.run", "run a planned sweep locally or through Slurm (resumable)"),
     (("sweep", "status"), "study.status", "show what a sweep has done, is running, or failed"),
     (("fit",), "study.fit_cli", "IsoFLOP and scaling-law fits with bootstrap intervals from runs.csv"),
+    (("schedules",), "study.schedules", "WSD with a 1-sqrt cooldown against cosine at equal compute, per size"),
     (("eval",), "evaluation.evaluate", "roll a trained model out over the test split: RMSE, ACC, spectra"),
     (("bench", "loader"), "perf.loader_bench", "loader throughput: DALI and torch against a plain read"),
     (("bench", "model"), "perf.model_bench", "model forward+backward speed and GFLOP/s against matmul peak"),
