@@ -3,15 +3,16 @@
 One import package, built from the repository's folders (see ``pyproject.toml``). Data flows one way through
 the stages; no module imports a later stage (``tests/test_layout.py`` checks this)::
 
-    wxscale.errors, .files, .provenance,     foundations every stage may import: the error type, atomic writes
-    .hardware, .metrics                      and CSV, git SHA and environment, device peaks, WeatherBench 2 metrics
+    wxscale.errors, .files, .args,           foundations every stage may import: the error type, atomic writes and
+    .provenance, .hardware, .metrics,        CSV, flag parsing, git SHA and environment, device peaks, WeatherBench 2
+    .submit                                  metrics, Slurm script rendering and submission
     wxscale.data_prep   (data_prep/)         raw reanalysis or the built-in simulator -> dataset dir; loaders
     wxscale.model       (model/)             the Swin emulator, its size ladder and analytic FLOPs
     wxscale.training    (bench/training/)    trainer, config, optimizer, schedules, losses, checkpoints, wireup
-    wxscale.study       (bench/study/)       sweep plan/run/status, scaling-law fits and their plots
-    wxscale.evaluation  (bench/evaluation/)  autoregressive rollouts scored against baselines
+    wxscale.evaluation  (bench/evaluation/)  autoregressive rollouts of a run dir scored against baselines
+    wxscale.study       (bench/study/)       sweep plan/run/status, scaling-law fits and their plots, comparisons
     wxscale.perf        (bench/perf/)        benchmarks: throughput and MFU, scaling, loader, model
-    wxscale.cli, .demo, .report, .submit     the command line, the miniature study, the report, Slurm submission
+    wxscale.cli, .demo, .report              the command line, the miniature study, the report
 
 The model imports nothing from data preparation or training; the contracts between stages (dataset dir, run dir,
 sweep and fit CSVs) are documented in the modules that own them and in the README.
