@@ -7,7 +7,7 @@ rendered as a Markdown table (tables longer than ``--max-rows`` show their first
 link to the full file) and every PNG embedded by its relative path, so the page renders wherever DIR goes.
 Hidden folders (``.work`` and the like) are skipped.
 
-Provenance: columns of :data:`bench.provenance.PROVENANCE_COLUMNS` (and ``git_sha``, ``host``, ``device`` of a
+Provenance: columns of :data:`wxscale.provenance.PROVENANCE_COLUMNS` (and ``git_sha``, ``host``, ``device`` of a
 sweep's ``runs.csv``) that hold one value throughout a table move out of it into the provenance section, which
 lists every distinct value found; the page also says which commit and host rendered it. Works for
 ``wxscale bench throughput/scaling/loader/model`` folders and for sweep and fit folders (plan.csv, runs.csv,

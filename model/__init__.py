@@ -3,7 +3,7 @@
 ``resolve_config(size, overrides)`` gives a :class:`SwinConfig` from a ladder name (``LADDER``: ``s0`` ..
 ``s18``) or a custom point; ``build_model(cfg, grid, in_channels, ...)`` builds the network;
 ``model_flops(cfg, grid, in_channels, rollout_steps)`` counts its parameters and FLOPs per sample (convention
-in :mod:`model.flops`). The torch-dependent names are imported on first use, so ``wxscale model list`` runs
+in :mod:`wxscale.model.flops`). The torch-dependent names are imported on first use, so ``wxscale model list`` runs
 without importing torch.
 """
 

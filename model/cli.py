@@ -1,6 +1,6 @@
 """`wxscale model list`: the size ladder with parameters and FLOPs per sample for a grid and channel count.
 
-Counts are analytic (:mod:`model.flops`), so this needs no torch and runs instantly.
+Counts are analytic (:mod:`wxscale.model.flops`), so this needs no torch and runs instantly.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Analytic parameter and FLOP counts of the Swin emulator in :mod:`model.swin`.
+"""Analytic parameter and FLOP counts of the Swin emulator in :mod:`wxscale.model.swin`.
 
 Convention (the one place it is written down; see SCIENCE.md):
 

@@ -251,7 +251,7 @@ class SwinEmulator(nn.Module):
             nn.init.trunc_normal_(m.rel_bias, std=0.02)
 
     def flops(self, rollout_steps: int = 1) -> ModelFlops:
-        """Analytic parameter and FLOP counts of this network (see :mod:`model.flops`)."""
+        """Analytic parameter and FLOP counts of this network (see :mod:`wxscale.model.flops`)."""
         return model_flops(self.cfg, self.grid, self.in_channels, rollout_steps, self.static_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

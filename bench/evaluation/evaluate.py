@@ -8,7 +8,7 @@ For each init time t of the split (every ``--init-every`` valid steps, at most `
 the split) the model starts from the true state at t and steps forward L times on its own output; the truth is
 the stored states t+1 .. t+L (:func:`data_prep.layout.valid_sample_starts`, so no trajectory crosses a gap).
 States are normalised with the dataset's stats.h5 exactly as the training loader does and de-normalised to
-physical units before scoring. Scores follow WeatherBench 2 (Rasp et al. 2024), with :mod:`bench.metrics`:
+physical units before scoring. Scores follow WeatherBench 2 (Rasp et al. 2024), with :mod:`wxscale.metrics`:
 
 - latitude-weighted RMSE per channel and lead: cell-area weights of mean 1, the MSE averaged over inits before
   the square root;
@@ -182,7 +182,7 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None, dataset: str | 
     dataset_dir, meta = _dataset_of(run_dir, cfg, dataset)
     dev = _device(device)
 
-    # The same construction as bench.train.Trainer: ladder size + overrides, grid and coordinates from data.json.
+    # The same construction as wxscale.training.trainer.Trainer: ladder size + overrides, grid and coordinates from data.json.
     swin = resolve_config(cfg.model.size, cfg.model.overrides or None)
     state, cmeta = load_checkpoint(ckpt, map_location="cpu")
     if cmeta.get("channels") != list(meta.channels):

@@ -6,7 +6,7 @@ Rows of the CSV (`<out>/loader_bench.csv`, plus `<out>/loader_bench.png`):
   bytes a loader hands out per sample), nothing else: no shuffle, no normalisation, no batching.
 - ``plain_block``: one process reads the split's shards front to back in blocks of 256 time steps, the fastest
   way h5py gets the bytes; its samples/s counts the split's samples per time taken to read all the steps once.
-- ``torch`` and ``dali``: the loaders of :mod:`data_prep.loader` (shuffled, normalised, batched, with
+- ``torch`` and ``dali``: the loaders of :mod:`wxscale.data_prep.loader` (shuffled, normalised, batched, with
   `--num-workers` worker processes), over whole epochs after one warm-up epoch (which starts the workers).
 
 The kinds are timed in turn, one epoch each per round, for `--epochs` rounds; rates come from each kind's

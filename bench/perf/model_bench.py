@@ -2,9 +2,9 @@
 
 For each size that fits (parameters up to ``--max-params``, and smaller than the first size whose step takes longer
 than ``--max-step-s``) and each precision (fp32, bf16 autocast), one training step (forward, loss, backward; no
-optimizer) is timed on random input. Achieved FLOP/s counts model FLOPs (:mod:`model.flops`: 3 x forward matmul
+optimizer) is timed on random input. Achieved FLOP/s counts model FLOPs (:mod:`wxscale.model.flops`: 3 x forward matmul
 per sample), so "% of peak" is the model FLOPs utilisation against the best large ``torch.matmul`` in the same
-dtype on the same device (:func:`bench.hardware.measure_matmul_peak`). Timings take the best of ``--iters`` steps:
+dtype on the same device (:func:`wxscale.hardware.measure_matmul_peak`). Timings take the best of ``--iters`` steps:
 on a shared machine the minimum is the least disturbed estimate. ``--profile SIZE`` adds a torch.profiler table
 of where one step's time goes.
 

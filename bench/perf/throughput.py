@@ -6,7 +6,7 @@
 
 Each configuration (model size x batch x precision x loader, in the world this command was launched in: one
 process, or every rank of ``mpiexec`` / ``srun`` / ``torchrun``) is set up by the trainer itself
-(:class:`bench.train.Trainer`: model, fused optimizer, precision, DDP, loader), so the step timed here is the
+(:class:`wxscale.training.trainer.Trainer`: model, fused optimizer, precision, DDP, loader), so the step timed here is the
 trainer's step: fetch a batch, forward + rollout loss under autocast, backward (DDP all-reduces the gradients),
 the per-step loss all-reduce, gradient clipping, optimizer step. Trailing ``KEY=VALUE`` items are trainer config
 overrides (``model.overrides.patch=2 loss.rollout_steps=2 data.num_workers=2``).
@@ -18,7 +18,7 @@ slowest rank's time per repeat when there are several ranks); samples/s counts t
 step time. A step includes waiting for its batch, as in the trainer (``data_s`` is that wait).
 
 FLOP/s count the model's analytic training FLOPs (:func:`model.model_flops`: 3 x forward matmul FLOPs x rollout
-steps per sample); MFU divides them by the device peak (:func:`bench.hardware.peak_flops`: the data-sheet rate
+steps per sample); MFU divides them by the device peak (:func:`wxscale.hardware.peak_flops`: the data-sheet rate
 on known GPUs, the best measured matmul in the same dtype on CPU) times the world size, as the trainer does.
 
 The loader is then timed alone (no model): the same loader object pulls ``--steps`` batches per repeat after one
@@ -156,7 +156,7 @@ def endless(loader) -> Iterator:
 
 
 def trainer_step(trainer) -> Callable[[], float]:
-    """One training step of ``trainer`` (a :class:`bench.train.Trainer`) as in its run loop, minus logging.
+    """One training step of ``trainer`` (a :class:`wxscale.training.trainer.Trainer`) as in its run loop, minus logging.
 
     Returns a callable that runs a step and returns the seconds spent waiting for the batch.
     """

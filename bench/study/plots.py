@@ -62,7 +62,7 @@ def _band(fit: FitResult, approach: str, quantity: str, c: np.ndarray) -> tuple[
 
 def plot_scaling_laws(fit: FitResult, path: str | Path, predictions: pd.DataFrame | None = None) -> Path:
     """N_opt(C) and L_opt(C): the per-budget optima (Approach 2) with their intervals, each approach's fitted
-    power law with its bootstrap band, and predicted points (``predictions`` from :func:`bench.fit.predict`)."""
+    power law with its bootstrap band, and predicted points (``predictions`` from :func:`wxscale.study.fit.predict`)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     iso = fit.isoflop[fit.isoflop["interior"].astype(bool)] if fit.isoflop is not None else None
     cs = [] if iso is None else list(iso["budget_flops"])

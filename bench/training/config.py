@@ -70,7 +70,7 @@ class OptimConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    """Learning rate as a function of samples seen (see bench.schedules)."""
+    """Learning rate as a function of samples seen (see wxscale.training.schedules)."""
 
     kind: Literal["wsd", "cosine", "constant"] = "wsd"
     warmup_samples: int = Field(0, ge=0)

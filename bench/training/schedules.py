@@ -85,7 +85,7 @@ class Schedule:
 
 
 def build_schedule(sched_cfg, lr: float, total_samples: int) -> Schedule:
-    """From a :class:`bench.config.ScheduleConfig`, the peak lr, and the run's length in samples."""
+    """From a :class:`wxscale.training.config.ScheduleConfig`, the peak lr, and the run's length in samples."""
     cooldown = 0
     if sched_cfg.kind == "wsd":
         if sched_cfg.cooldown_samples is not None:

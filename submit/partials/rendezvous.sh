@@ -1,4 +1,4 @@
-# wxscale:param master_port=  rendezvous TCP port (empty: 15000 + job id mod 20000, as bench/distributed.py derives it)
+# wxscale:param master_port=  rendezvous TCP port (empty: 15000 + job id mod 20000, as wxscale.training.distributed derives it)
 # torch.distributed env:// rendezvous: rank 0 runs on the first host of the allocation. The trainer reads
 # SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID itself (rank, world size, device index).
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"
