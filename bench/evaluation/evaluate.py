@@ -182,7 +182,7 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None, dataset: str | 
     dataset_dir, meta = _dataset_of(run_dir, cfg, dataset)
     dev = _device(device)
 
-    # The same construction as wxscale.training.trainer.Trainer: ladder size + overrides, grid and coordinates from data.json.
+    # The same construction as the trainer's: ladder size + overrides, grid and coordinates from data.json.
     swin = resolve_config(cfg.model.size, cfg.model.overrides or None)
     state, cmeta = load_checkpoint(ckpt, map_location="cpu")
     if cmeta.get("channels") != list(meta.channels):

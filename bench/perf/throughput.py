@@ -6,8 +6,8 @@
 
 Each configuration (model size x batch x precision x loader, in the world this command was launched in: one
 process, or every rank of ``mpiexec`` / ``srun`` / ``torchrun``) is set up by the trainer itself
-(:class:`wxscale.training.trainer.Trainer`: model, fused optimizer, precision, DDP, loader), so the step timed here is the
-trainer's step: fetch a batch, forward + rollout loss under autocast, backward (DDP all-reduces the gradients),
+(:class:`wxscale.training.trainer.Trainer`: model, fused optimizer, precision, DDP, loader), so the step timed here
+is the trainer's step: fetch a batch, forward + rollout loss under autocast, backward (DDP all-reduces the gradients),
 the per-step loss all-reduce, gradient clipping, optimizer step. Trailing ``KEY=VALUE`` items are trainer config
 overrides (``model.overrides.patch=2 loss.rollout_steps=2 data.num_workers=2``).
 

@@ -2,7 +2,7 @@
 
 Layout (ARCHITECTURE.md, "Sweep dir")::
 
-    <sweep>/plan.csv, sweep.json     the plan (bench.sweep_plan)
+    <sweep>/plan.csv, sweep.json     the plan (wxscale.study.plan)
     <sweep>/train_base.yaml          the training config every run starts from (data, optimizer, precision...)
     <sweep>/runs/<trunk_id>/         one run dir per constant-LR trunk
     <sweep>/runs/<run_id>/           one run dir per cooldown branch
