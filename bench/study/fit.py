@@ -1,6 +1,7 @@
 """Scaling-law fits: IsoFLOP profiles (Approach 2), the parametric law (Approach 3), bootstrap intervals.
 
-Pure functions on pandas tables; the command line lives in :mod:`wxscale.study.fit_cli`, plots in :mod:`wxscale.study.plots`.
+Pure functions on pandas tables; the command line lives in :mod:`wxscale.study.fit_cli`, plots in
+:mod:`wxscale.study.plots`.
 
 Input: one row per finished run with ``budget_flops`` (C), ``params`` (N), ``samples`` (D),
 ``flops_per_sample`` and ``val_loss`` (L), the columns of the sweep dir's runs.csv (ARCHITECTURE.md).

@@ -45,7 +45,7 @@ def _apex_fused_adam():
 
 
 def build_optimizer(model: nn.Module, optim_cfg, device: torch.device) -> tuple[torch.optim.Optimizer, str]:
-    """AdamW for ``model`` per :class:`wxscale.training.config.OptimConfig`; returns (optimizer, implementation name)."""
+    """AdamW for ``model`` per :class:`~wxscale.training.config.OptimConfig`; returns (optimizer, implementation)."""
     groups = param_groups(model, optim_cfg.weight_decay)
     kw = dict(lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
     impl = optim_cfg.impl
