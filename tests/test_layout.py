@@ -64,7 +64,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_every_module_imports_as_wxscale_only():
-    for module, path in _module_files().items():
+    for path in _module_files().values():
         for name in _imports(path):
             top = name.split(".")[0]
             assert top not in FOLDERS, f"{path.relative_to(REPO)} imports {name!r}: import it as wxscale.*"

@@ -5,12 +5,12 @@
 From Python (the sweep): ``train(config, run_dir=None, resume=False) -> summary dict``.
 
 Run dir (ARCHITECTURE.md): ``config.yaml`` (fully resolved: rerun with ``--config RUN/config.yaml --run-dir
-NEW``), ``metrics.csv`` (one row per log interval), ``checkpoints/`` (wxscale.training.checkpoint), and ``summary.json``
+NEW``), ``metrics.csv`` (one row per log interval), ``checkpoints/`` (:mod:`.checkpoint`), and ``summary.json``
 written last, atomically, with ``status`` complete | stopped | failed and the reason. Only rank 0 writes.
 
 How a run goes: one optimizer step per global batch (split evenly across ranks, DDP averages the gradients);
-the learning rate is the schedule at the sample count after the step (wxscale.training.schedules); the loss is the mean over
-``loss.rollout_steps`` autoregressive steps of (1 - w) MSE + w AMSE (wxscale.training.losses); FLOPs are the model's analytic
+the learning rate is the schedule at the sample count after the step (:mod:`.schedules`); the loss is the mean over
+``loss.rollout_steps`` autoregressive steps of (1 - w) MSE + w AMSE (:mod:`.losses`); FLOPs are the model's analytic
 training FLOPs per sample (3 x forward matmul FLOPs x rollout steps) times the samples, summed over ranks.
 
 - Trunk: a WSD schedule without cooldown (constant after warmup), checkpoints at ``run.checkpoint_at_samples``.
