@@ -468,8 +468,13 @@ def test_bad_output_exists(tmp_path, capsys):
     (out / "keep.txt").write_text("mine")
     rc, text = run_cli(["prep", "--input", str(p), "--out", str(out), "--no-progress"], capsys)
     assert rc == 2 and "--overwrite" in text and (out / "keep.txt").exists()
+    # --overwrite replaces a dataset dir or an empty folder, never a folder of someone's files
     rc, text = run_cli(["prep", "--input", str(p), "--out", str(out), "--no-progress", "--overwrite"], capsys)
-    assert rc == 0 and not (out / "keep.txt").exists() and check_dataset(out) == []
+    assert rc == 2 and "keep.txt" in text and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    for _ in range(2):  # into the empty folder, then over the dataset dir it now is
+        rc, text = run_cli(["prep", "--input", str(p), "--out", str(out), "--no-progress", "--overwrite"], capsys)
+        assert rc == 0 and check_dataset(out) == [], text
 
 
 def test_bad_splits(tmp_path, capsys):
