@@ -971,6 +971,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
+    check_output_dir(args.out, args.overwrite)  # before simulating or checksumming the inputs
     command = getattr(args, "command_line", None) or shlex.join(sys.argv)
     if args.builtin:
         sim = _simulator()
