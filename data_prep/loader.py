@@ -87,6 +87,12 @@ class SampleIndex:
         if not shards:
             have = sorted({s.split for s in self.meta.shards})
             raise WxscaleError(f"{self.dataset_dir}: no shards for split {split!r} (data.json has {have})")
+        listed, promised = sum(s.n_steps for s in shards), self.meta.splits.get(split, {}).get("n_steps")
+        if promised is not None and listed != promised:  # a shard dropped from the list shrinks the split
+            raise WxscaleError(
+                f"{self.dataset_dir}/data.json: split {split!r} promises {promised} steps but its shards list "
+                f"{listed}; run `wxscale check {self.dataset_dir}` and rewrite it with `wxscale prep --overwrite`"
+            )
         self.shard_paths: list[Path] = [self.dataset_dir / s.path for s in shards]
         self.shard_times: list[np.ndarray] = []
         shard_of, start_of = [], []
