@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+import wxscale.errors
 from wxscale.data_prep.layout import (
     FIELDS_KEY,
     H5_READ_ERRORS,
@@ -436,20 +438,21 @@ class TorchLoader(_Loader):
 
 
 def _worker_errors_as_one_line(batches):
-    """torch re-raises a worker's WxscaleError with the worker's traceback pasted into the message; keep the
-    message the worker raised, so the command line still prints one line."""
+    """Worker processes' WxscaleErrors come back with the worker's traceback pasted into the message (torch
+    re-raises the same type, DALI a plain Exception); raise the message the worker raised, so the command
+    line still prints one line."""
     it = iter(batches)
     while True:
         try:
             xy = next(it)
         except StopIteration:
             return
-        except WxscaleError as err:
-            text = str(err)
-            marker = f"{type(err).__module__}.{type(err).__qualname__}: "
-            if "Traceback" not in text or marker not in text:
+        except Exception as err:
+            found = re.findall(r"^wxscale\.errors\.(\w+): (.+)$", str(err), flags=re.MULTILINE)
+            cls = getattr(wxscale.errors, found[-1][0], None) if found else None
+            if "Traceback" not in str(err) or not (isinstance(cls, type) and issubclass(cls, WxscaleError)):
                 raise
-            raise type(err)(text.rsplit(marker, 1)[1].strip()) from None
+            raise cls(found[-1][1].strip()) from None
         yield xy
 
 
@@ -562,8 +565,7 @@ class DaliLoader(_Loader):
         if start >= n:
             return
         self._sync(epoch, start)
-        for b in range(start, n):
-            x, y = self._pipe.run()
+        for b, (x, y) in enumerate(_worker_errors_as_one_line(self._pipe.run() for _ in range(start, n)), start):
             self._pipe_pos = (epoch, b + 1)
             yield self._to_torch(x), self._to_torch(y)
 

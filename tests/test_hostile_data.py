@@ -323,14 +323,16 @@ def test_truncated_stats_file(tmp_path, capsys):
         build_loader(d, "train", batch_size=2, kind="torch", num_workers=0)
 
 
-@pytest.mark.parametrize("num_workers", [0, 1])
-def test_garbled_chunk_in_a_shard(lzf_dataset, capsys, num_workers):
+@pytest.mark.parametrize("kind, num_workers", [("torch", 0), ("torch", 1), ("dali", 1)])
+def test_garbled_chunk_in_a_shard(lzf_dataset, capsys, kind, num_workers):
+    if kind == "dali":
+        pytest.importorskip("nvidia.dali", reason="DALI not installed")
     shard = lzf_dataset / "train" / "000.h5"
     garble_a_chunk(shard)
     check_refuses(capsys, lzf_dataset, "train/000.h5: `fields` cannot be read", flags=("--no-checksums",))
-    loader = build_loader(lzf_dataset, "train", batch_size=4, kind="torch", num_workers=num_workers, shuffle=False)
+    loader = build_loader(lzf_dataset, "train", batch_size=4, kind=kind, num_workers=num_workers, shuffle=False)
     try:
-        with pytest.raises(WxscaleError) as err:
+        with pytest.raises(WxscaleError) as err:  # in a worker process: the message, not the worker's traceback
             for _ in loader:
                 pass
     finally:
