@@ -197,6 +197,14 @@ class _ShardJson(_Strict):
     last_time: str
     sha256: str
 
+    @pydantic.model_validator(mode="after")
+    def _inside_its_split_dir(self) -> _ShardJson:
+        # readers open <dataset>/<path>: a path out of the dataset dir must not be followed
+        parts = Path(self.path).parts
+        if Path(self.path).is_absolute() or ".." in parts or parts[:1] != (self.split,) or len(parts) < 2:
+            raise ValueError(f"path {self.path!r} is not inside its split dir {self.split}/")
+        return self
+
 
 class _SplitJson(_Strict):
     start: str

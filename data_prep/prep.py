@@ -1,18 +1,25 @@
 """`wxscale prep`: raw reanalysis files or the built-in simulator -> a dataset dir (ARCHITECTURE.md).
 
-Both sources go through :func:`write_dataset`, the one path to a dataset dir:
+Both sources go through :func:`write_dataset`, the one path to a dataset dir, which reads top to bottom:
 
-1. normalise the Dataset (data_prep.reader) and pick the channels (`--vars z500,t850`);
-2. check the time axis: sort it if needed (said in the notes), refuse duplicated or irregular steps or a
-   single step, find the step `dhours` (the most common one) and record every gap;
-3. cut it into splits (`--splits`, or 80/10/10 by time at whole days) and each split into shards by calendar
+0. :func:`check_output_dir`: refuse an --out that cannot be written, or whose replacement would delete
+   anything but a dataset dir or an empty folder (before any work);
+1. :func:`plan_dataset`: normalise the Dataset (data_prep.reader), pick the channels (`--vars z500,t850`),
+   check the time axis (:func:`check_time_axis`: sort it if needed, said in the notes; refuse duplicated or
+   irregular steps or a single step; find the step `dhours`, the most common one, and record every gap), cut
+   it into splits (`--splits`, or 80/10/10 by time at whole days) and each split into shards by calendar
    year (and at most MAX_SHARD_BYTES);
-4. stream time blocks of at most BLOCK_BYTES from the input to the shards, filling NaN when `--fill mean` asks
-   for it (a first pass over the train split finds the fill values), and accumulate the train statistics on
-   the way: per-channel mean, std, std of one-step differences (WeatherBench 2 / FourCastNet-style
-   normalisation and the residual scaling of Keisler 2022), and a day-of-year x hour climatology for ACC
-   (Rasp et al. 2024) when the train split covers at least a year;
-5. write stats.h5 and data.json with checksums and provenance, inside a temporary dir renamed at the end.
+2. :func:`train_fill_values`, only for `--fill mean`: a first pass over the train split;
+3. :func:`write_shard` for each shard: stream time blocks of at most BLOCK_BYTES from the input, count and
+   fill NaN (:class:`MissingValues`), and feed the train blocks to :class:`TrainStats`: per-channel mean,
+   std, std of one-step differences (WeatherBench 2 / FourCastNet-style normalisation and the residual
+   scaling of Keisler 2022), and a day-of-year x hour climatology for ACC (Rasp et al. 2024) when the train
+   split covers at least a year (:func:`plan_climatology`);
+4. write stats.h5 and data.json with checksums and provenance (:func:`_provenance`), inside a temporary dir
+   renamed at the end.
+
+Shards cover disjoint stretches of time and every accumulator merges with another of its kind, so a parallel
+prep can give each process its own shards and merge the accumulators in time order before step 4.
 
 Statistics describe what the shards hold (after coarsening and filling), unweighted over grid points and time,
 population std (ddof 0).
@@ -313,6 +320,14 @@ class DatasetPlan:
         for a in range(i0, i1, self.block_steps):
             b = min(a + self.block_steps, i1)
             yield a, b, _coarsen(read_channels(self.ds, self.channels, slice(a, b)), self.coarsen)
+
+
+def _coarsen(x: np.ndarray, n: int) -> np.ndarray:
+    """Integer block mean over lat and lon; a block with a NaN stays NaN (the fill policy decides later)."""
+    if n == 1:
+        return x
+    t, c, h, w = x.shape
+    return x.reshape(t, c, h // n, n, w // n, n).mean(axis=(3, 5))
 
 
 def plan_dataset(
@@ -640,14 +655,6 @@ def train_fill_values(plan: DatasetPlan, bar: tqdm) -> np.ndarray:
 # the output dir
 
 
-def _coarsen(x: np.ndarray, n: int) -> np.ndarray:
-    """Integer block mean over lat and lon; a block with a NaN stays NaN (the fill policy decides later)."""
-    if n == 1:
-        return x
-    t, c, h, w = x.shape
-    return x.reshape(t, c, h // n, n, w // n, n).mean(axis=(3, 5))
-
-
 def _foreign_entries(out: Path) -> list[str]:
     """What --overwrite would delete that a dataset dir does not hold: everything but data.json, stats.h5 and
     the split dirs of *.h5 shards. An empty dir has none; a dir without data.json is foreign as a whole."""
@@ -728,6 +735,10 @@ def _say_leftovers(out: Path) -> None:
             f"removing {len(stale)} unfinished dataset dir(s) left beside {out} by an interrupted prep: "
             + ", ".join(p.name for p in stale)
         )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# writing: the shards (one call each), then stats.h5 and data.json
 
 
 def write_shard(

@@ -254,6 +254,8 @@ def tiny(tmp_path: Path, name: str = "d") -> Path:
         ("shards", "train/000.h5", "shards"),
         ("splits", {"train": {"start": "x", "end": "y", "n_steps": "24"}}, "splits.train.n_steps"),
         ("dataset_name", 7, "dataset_name"),
+        ("shards", [{"path": "../../etc/x.h5", "split": "train", "n_steps": 1, "first_time": "a", "last_time": "a",
+                     "sha256": ""}], "shards.0: value error, path '../../etc/x.h5' is not inside its split dir"),
     ],
 )
 def test_data_json_with_wrong_types_is_one_line_for_every_reader(tmp_path, capsys, field, value, named):
