@@ -175,14 +175,25 @@ def require_complete(path: str | os.PathLike) -> None:
             raise WxscaleError(f"input {p} {what} (HDF5: {err}); {FIX_IT}") from err
 
 
-def count_grib_messages(path: str | os.PathLike) -> int:
-    """The number of GRIB messages in a file (eccodes); a message cut short is an error naming the file."""
+def count_grib_messages(path: str | os.PathLike, fields: bool = False) -> int:
+    """The number of GRIB messages in a file (eccodes); a message cut short is an error naming the file.
+
+    fields=True counts the fields instead, as cfgrib reads them: a GRIB2 message may hold several, and
+    counting them means decoding every header (about 1 ms a message, against 20 us for the plain count).
+    """
     import eccodes
 
     p = Path(path)
     with open(p, "rb") as f:
         try:
-            return int(eccodes.codes_count_in_file(f))
+            if not fields:
+                return int(eccodes.codes_count_in_file(f))
+            eccodes.codes_grib_multi_support_on()
+            eccodes.codes_grib_multi_support_reset_file(f)
+            try:
+                return int(eccodes.codes_count_in_file(f))
+            finally:
+                eccodes.codes_grib_multi_support_off()
         except eccodes.GribInternalError as err:
             f.seek(0)
             whole = 0
@@ -205,6 +216,8 @@ def require_all_messages_decoded(path: str | os.PathLike, ds: xr.Dataset, n_mess
         horizontal = [d for d in da.dims if d in ("latitude", "longitude", "lat", "lon", "x", "y", "values")]
         per_field = int(np.prod([da.sizes[d] for d in horizontal], dtype=np.int64)) or 1
         decoded += da.size // per_field
+    if decoded > n_messages:  # GRIB2 messages may hold several fields each: count fields, as cfgrib does
+        n_messages = count_grib_messages(path, fields=True)
     if decoded < n_messages:
         raise WxscaleError(
             f"input {path}: cfgrib decoded {decoded} field(s) but the file holds {n_messages} GRIB messages: "
@@ -213,7 +226,7 @@ def require_all_messages_decoded(path: str | os.PathLike, ds: xr.Dataset, n_mess
         )
     if decoded > n_messages:
         raise WxscaleError(
-            f"input {path}: the file holds {n_messages} GRIB messages but cfgrib's grid of times, levels and "
+            f"input {path}: the file holds {n_messages} GRIB fields but cfgrib's grid of times, levels and "
             f"variables has {decoded} fields: {decoded - n_messages} would read as missing (NaN). The file "
             "lacks some (time, level) combinations; pass complete files"
         )
