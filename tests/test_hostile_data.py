@@ -212,16 +212,28 @@ def test_out_in_a_folder_that_is_not_writable(tmp_path, capsys):
         locked.chmod(0o755)
 
 
-def test_disk_full_while_writing_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
-    """An OS error on the output side mid-write (here ENOSPC, also EACCES, EROFS...) names --out."""
+def test_out_not_writable_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """The same refusal as above where tests run as root: os.access is what prep asks."""
+    src = tmp_path / "in.nc"
+    weather().to_netcdf(src)
+    monkeypatch.setattr(prep.os, "access", lambda path, mode: Path(path) != tmp_path)
+    prep_refused(capsys, src, tmp_path / "out", f"--out {tmp_path / 'out'}", "permission denied")
+
+
+@pytest.mark.parametrize(
+    "code, text",
+    [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied"), (errno.EROFS, "Read-only")],
+)
+def test_os_error_while_writing_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch, code, text):
+    """An OS error on the output side mid-write (disk full, permissions changed, read-only) names --out."""
     src = tmp_path / "in.nc"
     weather().to_netcdf(src)
 
-    def full(self, fields, time_hours):
-        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+    def fail(self, fields, time_hours):
+        raise OSError(code, text, str(self.path))
 
-    monkeypatch.setattr(prep.ShardWriter, "append", full)
-    prep_refused(capsys, src, tmp_path / "out", f"--out {tmp_path / 'out'}", "No space left")
+    monkeypatch.setattr(prep.ShardWriter, "append", fail)
+    prep_refused(capsys, src, tmp_path / "out", f"--out {tmp_path / 'out'}", text)
 
 
 def test_leftovers_of_an_interrupted_prep_are_named_and_removed(tmp_path, capsys):
