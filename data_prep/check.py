@@ -2,8 +2,8 @@
 
 Each problem is named (file, field, what is wrong); the command exits non-zero when there is any.
 Checked: data.json schema and coordinates; every shard's checksum, dataset names, dtype, shape, chunking, time
-order and step, agreement with data.json, finite values; splits disjoint in time; stats.h5 shapes and values;
-stray files.
+order and step, agreement with data.json, finite values (every step read); each split holds the steps data.json
+promises; splits disjoint in time; stats.h5 shapes and values; stray files.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from wxscale.data_prep.layout import (
     DATA_JSON,
     DIMS,
     FIELDS_KEY,
+    H5_READ_ERRORS,
     SPLITS,
     STATS_H5,
     TIME_KEY,
@@ -95,6 +96,29 @@ def _check_splits(meta: DatasetMeta) -> list[str]:
     return p
 
 
+def _check_split_steps(meta: DatasetMeta, held: dict[str, int | None]) -> list[str]:
+    """Each split holds the steps data.json promises: its shards' counts add up, its span matches, and the
+    shards read hold that many steps (a split that lost steps must not pass as a shorter one)."""
+    p = []
+    for split, promised in meta.splits.items():
+        shards = meta.shards_of(split)
+        if not shards:
+            continue
+        listed = sum(s.n_steps for s in shards)
+        if listed != promised["n_steps"]:
+            p.append(
+                f"{DATA_JSON}: split {split!r} promises {promised['n_steps']} steps but its shards list {listed}"
+            )
+        if held.get(split) is not None and held[split] != promised["n_steps"]:
+            p.append(f"{split}: its shards hold {held[split]} steps, {DATA_JSON} promises {promised['n_steps']}")
+        if (shards[0].first_time, shards[-1].last_time) != (promised["start"], promised["end"]):
+            p.append(
+                f"{DATA_JSON}: split {split!r} spans {promised['start']}..{promised['end']} but its shards "
+                f"{shards[0].first_time}..{shards[-1].last_time}"
+            )
+    return p
+
+
 def _check_shard(
     root: Path, info: ShardInfo, meta: DatasetMeta, checksums: bool, values: bool
 ) -> tuple[list[str], np.ndarray | None]:
@@ -113,8 +137,8 @@ def _check_shard(
         )
     try:
         f = h5py.File(path, "r")
-    except OSError as err:
-        return [*p, f"{name}: not a readable HDF5 file ({err})"], None
+    except H5_READ_ERRORS as err:
+        return [*p, f"{name}: not a readable HDF5 file, truncated or corrupt ({err})"], None
     with f:
         if FIELDS_KEY not in f or TIME_KEY not in f:
             return [*p, f"{name}: missing dataset `{FIELDS_KEY}` or `{TIME_KEY}`"], None
@@ -134,7 +158,7 @@ def _check_shard(
             p.append(f"{name}: `{TIME_KEY}` is {time.dtype} {time.shape}, expected int64 [time]")
         try:
             hours = time[:].astype(np.int64)
-        except OSError as err:
+        except H5_READ_ERRORS as err:
             return [*p, f"{name}: `{TIME_KEY}` cannot be read ({err})"], None
         if len(hours) != fields.shape[0]:
             p.append(f"{name}: {len(hours)} times but {fields.shape[0]} fields")
@@ -171,8 +195,8 @@ def _check_shard(
                 for a in range(0, fields.shape[0], block):
                     x = fields[a : a + block]
                     bad += (~np.isfinite(x)).sum(axis=(0, 2, 3))
-            except OSError as err:
-                p.append(f"{name}: `{FIELDS_KEY}` cannot be read ({err})")
+            except H5_READ_ERRORS as err:
+                p.append(f"{name}: `{FIELDS_KEY}` cannot be read from step {a} on, truncated or corrupt ({err})")
             for ch, n in zip(meta.channels, bad, strict=False):
                 if n:
                     p.append(f"{name}: channel {ch} has {n} NaN/inf values")
@@ -186,8 +210,8 @@ def _check_stats(root: Path, meta: DatasetMeta) -> list[str]:
     p = []
     try:
         f = h5py.File(path, "r")
-    except OSError as err:
-        return [f"{STATS_H5}: not a readable HDF5 file ({err})"]
+    except H5_READ_ERRORS as err:
+        return [f"{STATS_H5}: not a readable HDF5 file, truncated or corrupt ({err})"]
     with f:
         for key in ("mean", "std", "diff_std"):
             if key not in f:
@@ -227,16 +251,26 @@ def check_dataset(
     except WxscaleError as err:
         return [str(err)]
     problems = _check_coords(meta, raw) + _check_splits(meta)
+    held: dict[str, int | None] = {split: 0 for split in meta.splits}  # steps read per split (None: unknown)
     for info in tqdm(meta.shards, desc="check", unit="shard", disable=not progress):
-        p, hours = _check_shard(root, info, meta, checksums, values)
+        try:
+            p, hours = _check_shard(root, info, meta, checksums, values)
+        except H5_READ_ERRORS as err:  # whatever else a garbled file makes h5py raise
+            p, hours = [f"{info.path}: cannot be read, truncated or corrupt ({type(err).__name__}: {err})"], None
         problems += p
+        if info.split in held:
+            held[info.split] = None if hours is None or held[info.split] is None else held[info.split] + len(hours)
         if (
             hours is not None
             and info.split == "train"
             and not len(valid_sample_starts(hours, meta.dhours, 1))
         ):
             problems.append(f"{info.path}: no two consecutive steps, so no training sample")
-    problems += _check_stats(root, meta)
+    problems += _check_split_steps(meta, held)
+    try:
+        problems += _check_stats(root, meta)
+    except H5_READ_ERRORS as err:
+        problems.append(f"{STATS_H5}: cannot be read, truncated or corrupt ({type(err).__name__}: {err})")
     listed = {s.path for s in meta.shards}
     for split in SPLITS:
         if (root / split).is_dir():

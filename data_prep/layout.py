@@ -24,6 +24,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pydantic
 
 from wxscale.errors import WxscaleError
 
@@ -138,38 +139,106 @@ class DatasetMeta:
         }
 
     @classmethod
-    def from_json_dict(cls, d: dict, where: str = DATA_JSON) -> DatasetMeta:
+    def from_json_dict(cls, d: object, where: str = DATA_JSON) -> DatasetMeta:
+        if not isinstance(d, dict):
+            raise WxscaleError(
+                f"{where}: holds a JSON {type(d).__name__}, not an object; rewrite it with `wxscale prep`"
+            )
         required = ["dataset_name", "dhours", "coords", "format_version", "source", "splits", "shards"]
         missing = [k for k in required if k not in d]
         if missing:
             raise WxscaleError(f"{where}: missing keys {missing}; rewrite the dataset with `wxscale prep`")
         if d["format_version"] != FORMAT_VERSION:
             raise WxscaleError(
-                f"{where}: format_version {d['format_version']} but this wxscale reads {FORMAT_VERSION}; "
+                f"{where}: format_version {d['format_version']!r} but this wxscale reads {FORMAT_VERSION}; "
                 "rewrite the dataset with this version's `wxscale prep`"
             )
-        coords = d["coords"]
-        for key in ("lat", "lon", "channel"):
-            if key not in coords:
-                raise WxscaleError(f"{where}: coords.{key} missing")
         try:
-            shards = [ShardInfo(**s) for s in d["shards"]]
-        except TypeError as err:
-            raise WxscaleError(f"{where}: a shard entry has the wrong fields ({err})") from err
+            j = _DataJson.model_validate(d)
+        except pydantic.ValidationError as err:
+            raise WxscaleError(
+                f"{where}: {_first_errors(err)}; fix it or rewrite the dataset with `wxscale prep`"
+            ) from None
         return cls(
-            dataset_name=d["dataset_name"],
-            dhours=int(d["dhours"]),
-            lat=list(coords["lat"]),
-            lon=list(coords["lon"]),
-            channels=list(coords["channel"]),
-            grid_type=coords.get("grid_type", "equiangular"),
-            shards=shards,
+            dataset_name=j.dataset_name,
+            dhours=j.dhours,
+            lat=list(j.coords.lat),
+            lon=list(j.coords.lon),
+            channels=list(j.coords.channel),
+            grid_type=j.coords.grid_type,
+            shards=[ShardInfo(**s.model_dump()) for s in j.shards],
             splits=d["splits"],
             source=d["source"],
             gaps=d.get("gaps", []),
             channel_units=d.get("channel_units", {}),
-            format_version=d["format_version"],
+            format_version=j.format_version,
         )
+
+
+# data.json's schema, strict about types: a "six" for dhours or a string for a shard's n_steps is named, not
+# coerced or left to fail later. Keys beyond these are allowed (makani's, and later additions).
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(strict=True, extra="allow")
+
+
+class _CoordsJson(_Strict):
+    grid_type: str = "equiangular"
+    lat: list[float]
+    lon: list[float]
+    channel: list[str]
+
+
+class _ShardJson(_Strict):
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+    path: str
+    split: str
+    n_steps: pydantic.NonNegativeInt
+    first_time: str
+    last_time: str
+    sha256: str
+
+    @pydantic.model_validator(mode="after")
+    def _inside_its_split_dir(self) -> _ShardJson:
+        # readers open <dataset>/<path>: a path out of the dataset dir must not be followed
+        parts = Path(self.path).parts
+        if Path(self.path).is_absolute() or ".." in parts or parts[:1] != (self.split,) or len(parts) < 2:
+            raise ValueError(f"path {self.path!r} is not inside its split dir {self.split}/")
+        return self
+
+
+class _SplitJson(_Strict):
+    start: str
+    end: str
+    n_steps: pydantic.NonNegativeInt
+
+
+class _GapJson(_Strict):
+    after: str
+    before: str
+    hours: pydantic.PositiveInt
+
+
+class _DataJson(_Strict):
+    dataset_name: str
+    dhours: pydantic.PositiveInt
+    coords: _CoordsJson
+    format_version: int
+    source: dict
+    splits: dict[str, _SplitJson]
+    shards: list[_ShardJson]
+    gaps: list[_GapJson] = []
+    channel_units: dict[str, str] = {}
+
+
+def _first_errors(err: pydantic.ValidationError, n: int = 3) -> str:
+    """Pydantic's errors as `field.path: what (got VALUE)`, the first n, on one line."""
+    parts = []
+    for e in err.errors()[:n]:
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        got = repr(e.get("input"))
+        parts.append(f"{loc}: {e['msg'].lower()} (got {got[:60] + '...' if len(got) > 60 else got})")
+    more = err.error_count() - n
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 def load_meta(dataset_dir: str | os.PathLike) -> DatasetMeta:
@@ -183,8 +252,8 @@ def load_meta(dataset_dir: str | os.PathLike) -> DatasetMeta:
         )
     try:
         d = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise WxscaleError(f"{path} is not valid JSON ({err})") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise WxscaleError(f"{path} is not valid JSON ({err}); rewrite the dataset with `wxscale prep`") from err
     return DatasetMeta.from_json_dict(d, str(path))
 
 
@@ -243,9 +312,26 @@ class ShardWriter:
         self.file.close()
 
 
+# what h5py raises for a truncated, garbled or foreign file, or a dataset whose chunks cannot be decoded
+H5_READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError)
+
+
+def unreadable(path: str | os.PathLike, err: BaseException, what: str = "shard") -> WxscaleError:
+    """The one message for an HDF5 file of a dataset dir that cannot be read, with what fixes it."""
+    dataset = Path(path).parent.parent if what == "shard" else Path(path).parent
+    return WxscaleError(
+        f"{what} {path} cannot be read ({type(err).__name__}: {err}); it is truncated or corrupt. Run "
+        f"`wxscale check {dataset}`, and rewrite the dataset with `wxscale prep --overwrite`"
+    )
+
+
 def read_shard_time(path: str | os.PathLike) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        return f[TIME_KEY][:]
+    """A shard's `time` [T] int64; an unreadable shard is a WxscaleError naming it."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f[TIME_KEY][:].astype(np.int64)
+    except H5_READ_ERRORS as err:
+        raise unreadable(path, err) from err
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -296,12 +382,15 @@ def read_stats(dataset_dir: str | os.PathLike, with_climatology: bool = False) -
     path = Path(dataset_dir) / STATS_H5
     if not path.is_file():
         raise WxscaleError(f"{path} not found; rewrite the dataset with `wxscale prep`")
-    with h5py.File(path, "r") as f:
-        for name in ("mean", "std", "diff_std"):
-            if name not in f:
-                raise WxscaleError(
-                    f"{path}: dataset `{name}` missing; rewrite the dataset with `wxscale prep`"
-                )
-        clim = f["climatology"][:] if with_climatology and "climatology" in f else None
-        hours = f["clim_hours"][:] if "clim_hours" in f else None
-        return Stats(f["mean"][:], f["std"][:], f["diff_std"][:], clim, hours)
+    try:
+        with h5py.File(path, "r") as f:
+            for name in ("mean", "std", "diff_std"):
+                if name not in f:
+                    raise WxscaleError(
+                        f"{path}: dataset `{name}` missing; rewrite the dataset with `wxscale prep`"
+                    )
+            clim = f["climatology"][:] if with_climatology and "climatology" in f else None
+            hours = f["clim_hours"][:] if "clim_hours" in f else None
+            return Stats(f["mean"][:], f["std"][:], f["diff_std"][:], clim, hours)
+    except H5_READ_ERRORS as err:
+        raise unreadable(path, err, "statistics file") from err

@@ -37,19 +37,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+import wxscale.errors
 from wxscale.data_prep.layout import (
     FIELDS_KEY,
-    TIME_KEY,
+    H5_READ_ERRORS,
     DatasetMeta,
     Stats,
     load_meta,
+    read_shard_time,
     read_stats,
+    unreadable,
     valid_sample_starts,
 )
 from wxscale.errors import WxscaleError
@@ -85,14 +89,24 @@ class SampleIndex:
         if not shards:
             have = sorted({s.split for s in self.meta.shards})
             raise WxscaleError(f"{self.dataset_dir}: no shards for split {split!r} (data.json has {have})")
+        listed, promised = sum(s.n_steps for s in shards), self.meta.splits.get(split, {}).get("n_steps")
+        if promised is not None and listed != promised:  # a shard dropped from the list shrinks the split
+            raise WxscaleError(
+                f"{self.dataset_dir}/data.json: split {split!r} promises {promised} steps but its shards list "
+                f"{listed}; run `wxscale check {self.dataset_dir}` and rewrite it with `wxscale prep --overwrite`"
+            )
         self.shard_paths: list[Path] = [self.dataset_dir / s.path for s in shards]
         self.shard_times: list[np.ndarray] = []
         shard_of, start_of = [], []
-        for i, path in enumerate(self.shard_paths):
+        for i, (path, info) in enumerate(zip(self.shard_paths, shards, strict=True)):
             if not path.is_file():
                 raise WxscaleError(f"shard {path} listed in data.json is missing; run `wxscale check` on the dir")
-            with h5py.File(path, "r") as f:
-                times = f[TIME_KEY][:].astype(np.int64)
+            times = read_shard_time(path)
+            if len(times) != info.n_steps:  # a shorter shard would quietly shrink the split
+                raise WxscaleError(
+                    f"shard {path} holds {len(times)} time steps but data.json promises {info.n_steps}; run "
+                    f"`wxscale check {self.dataset_dir}` and rewrite the dataset with `wxscale prep --overwrite`"
+                )
             self.shard_times.append(times)
             starts = valid_sample_starts(times, self.meta.dhours, self.rollout_steps)
             shard_of.append(np.full(len(starts), i, dtype=np.int64))
@@ -208,7 +222,10 @@ class SampleReader:
     def raw(self, sample_id: int) -> np.ndarray:
         """Un-normalised states t..t+K of one sample: [K + 1, C, H, W] float32 (one h5py read)."""
         shard, t = int(self.shard_of[sample_id]), int(self.start_of[sample_id])
-        return self._fields(shard)[t : t + self.k + 1]
+        try:
+            return self._fields(shard)[t : t + self.k + 1]
+        except H5_READ_ERRORS as err:  # a chunk that cannot be decoded: name the shard, not h5py's internals
+            raise unreadable(self.paths[shard], err) from err
 
     def read_batch(self, ids) -> tuple[np.ndarray, np.ndarray]:
         """Un-normalised batch: x [B, C, H, W] and y [B, K, C, H, W], float32, contiguous."""
@@ -414,10 +431,29 @@ class TorchLoader(_Loader):
 
     def _batches(self, epoch: int, start: int):
         self._batch_sampler.position = (epoch, start)
-        for x, y in self._dl:
+        for x, y in _worker_errors_as_one_line(self._dl):
             if self.device is not None:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             yield x, y
+
+
+def _worker_errors_as_one_line(batches):
+    """Worker processes' WxscaleErrors come back with the worker's traceback pasted into the message (torch
+    re-raises the same type, DALI a plain Exception); raise the message the worker raised, so the command
+    line still prints one line."""
+    it = iter(batches)
+    while True:
+        try:
+            xy = next(it)
+        except StopIteration:
+            return
+        except Exception as err:
+            found = re.findall(r"^wxscale\.errors\.(\w+): (.+)$", str(err), flags=re.MULTILINE)
+            cls = getattr(wxscale.errors, found[-1][0], None) if found else None
+            if "Traceback" not in str(err) or not (isinstance(cls, type) and issubclass(cls, WxscaleError)):
+                raise
+            raise cls(found[-1][1].strip()) from None
+        yield xy
 
 
 # ----- DALI
@@ -529,8 +565,7 @@ class DaliLoader(_Loader):
         if start >= n:
             return
         self._sync(epoch, start)
-        for b in range(start, n):
-            x, y = self._pipe.run()
+        for b, (x, y) in enumerate(_worker_errors_as_one_line(self._pipe.run() for _ in range(start, n)), start):
             self._pipe_pos = (epoch, b + 1)
             yield self._to_torch(x), self._to_torch(y)
 

@@ -1,18 +1,25 @@
 """`wxscale prep`: raw reanalysis files or the built-in simulator -> a dataset dir (ARCHITECTURE.md).
 
-Both sources go through :func:`write_dataset`, the one path to a dataset dir:
+Both sources go through :func:`write_dataset`, the one path to a dataset dir, which reads top to bottom:
 
-1. normalise the Dataset (data_prep.reader) and pick the channels (`--vars z500,t850`);
-2. check the time axis: sort it if needed (said in the notes), refuse duplicated or irregular steps or a
-   single step, find the step `dhours` (the most common one) and record every gap;
-3. cut it into splits (`--splits`, or 80/10/10 by time at whole days) and each split into shards by calendar
+0. :func:`check_output_dir`: refuse an --out that cannot be written, or whose replacement would delete
+   anything but a dataset dir or an empty folder (before any work);
+1. :func:`plan_dataset`: normalise the Dataset (data_prep.reader), pick the channels (`--vars z500,t850`),
+   check the time axis (:func:`check_time_axis`: sort it if needed, said in the notes; refuse duplicated or
+   irregular steps or a single step; find the step `dhours`, the most common one, and record every gap), cut
+   it into splits (`--splits`, or 80/10/10 by time at whole days) and each split into shards by calendar
    year (and at most MAX_SHARD_BYTES);
-4. stream time blocks of at most BLOCK_BYTES from the input to the shards, filling NaN when `--fill mean` asks
-   for it (a first pass over the train split finds the fill values), and accumulate the train statistics on
-   the way: per-channel mean, std, std of one-step differences (WeatherBench 2 / FourCastNet-style
-   normalisation and the residual scaling of Keisler 2022), and a day-of-year x hour climatology for ACC
-   (Rasp et al. 2024) when the train split covers at least a year;
-5. write stats.h5 and data.json with checksums and provenance, inside a temporary dir renamed at the end.
+2. :func:`train_fill_values`, only for `--fill mean`: a first pass over the train split;
+3. :func:`write_shard` for each shard: stream time blocks of at most BLOCK_BYTES from the input, count and
+   fill NaN (:class:`MissingValues`), and feed the train blocks to :class:`TrainStats`: per-channel mean,
+   std, std of one-step differences (WeatherBench 2 / FourCastNet-style normalisation and the residual
+   scaling of Keisler 2022), and a day-of-year x hour climatology for ACC (Rasp et al. 2024) when the train
+   split covers at least a year (:func:`plan_climatology`);
+4. write stats.h5 and data.json with checksums and provenance (:func:`_provenance`), inside a temporary dir
+   renamed at the end.
+
+Shards cover disjoint stretches of time and every accumulator merges with another of its kind, so a parallel
+prep can give each process its own shards and merge the accumulators in time order before step 4.
 
 Statistics describe what the shards hold (after coarsening and filling), unweighted over grid points and time,
 population std (ddof 0).
@@ -21,13 +28,16 @@ population std (ddof 0).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import re
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +45,7 @@ import xarray as xr
 from tqdm import tqdm
 
 from wxscale.data_prep.layout import (
+    DATA_JSON,
     SPLITS,
     STATS_H5,
     DatasetMeta,
@@ -49,6 +60,7 @@ from wxscale.data_prep.layout import (
     write_stats,
 )
 from wxscale.data_prep.reader import (
+    Channel,
     channel_specs,
     normalise,
     open_inputs,
@@ -57,7 +69,7 @@ from wxscale.data_prep.reader import (
     select_channels,
 )
 from wxscale.errors import WxscaleError
-from wxscale.files import atomic_output_dir, write_json_atomic
+from wxscale.files import atomic_output_dir, partial_leftovers, write_json_atomic
 from wxscale.provenance import suite_version
 
 BLOCK_BYTES = 64 << 20  # one time block read from the input, float32
@@ -256,7 +268,152 @@ def _shard_ranges(hours: np.ndarray, i0: int, i1: int, max_steps: int) -> list[t
 
 
 # ------------------------------------------------------------------------------------------------------------
-# statistics, streamed
+# the plan: what will be written, decided before anything is read in bulk
+
+
+@dataclasses.dataclass
+class ShardPlan:
+    split: str
+    path: str  # relative to the dataset dir, e.g. "train/000.h5"
+    i0: int  # [i0, i1) into the sorted time axis
+    i1: int
+
+
+@dataclasses.dataclass
+class DatasetPlan:
+    """The normalised source, its channels and (coarsened) grid, and its time axis cut into splits and shards.
+
+    `blocks` is the one read path: every pass over the source (the fill values, the shards) goes through it.
+    Shards cover disjoint ranges of time, so they can be written in any order, or by different processes.
+    """
+
+    ds: xr.Dataset
+    where: str  # the inputs, as named in messages
+    channels: list[Channel]
+    axis: TimeAxis
+    coarsen: int
+    compress: str | None
+    lat: np.ndarray
+    lon: np.ndarray
+    ranges: dict[str, tuple[int, int]]  # split -> (first, last hour) asked for
+    index: dict[str, tuple[int, int]]  # split -> [i0, i1) into the time axis
+    policy: str  # how the splits were chosen, for data.json
+    spec_text: str | dict | None  # --splits as given
+    shards: list[ShardPlan]
+    block_steps: int  # time steps per read (BLOCK_BYTES)
+    notes: list[str]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return len(self.lat), len(self.lon)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    def train_hours(self) -> np.ndarray:
+        i0, i1 = self.index["train"]
+        return self.axis.hours[i0:i1]
+
+    def blocks(self, i0: int, i1: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(a, b, fields [b - a, C, lat, lon] float32) for consecutive blocks of [i0, i1), coarsened."""
+        for a in range(i0, i1, self.block_steps):
+            b = min(a + self.block_steps, i1)
+            yield a, b, _coarsen(read_channels(self.ds, self.channels, slice(a, b)), self.coarsen)
+
+
+def _coarsen(x: np.ndarray, n: int) -> np.ndarray:
+    """Integer block mean over lat and lon; a block with a NaN stays NaN (the fill policy decides later)."""
+    if n == 1:
+        return x
+    t, c, h, w = x.shape
+    return x.reshape(t, c, h // n, n, w // n, n).mean(axis=(3, 5))
+
+
+def plan_dataset(
+    ds: xr.Dataset,
+    where: str,
+    *,
+    variables: list[str] | None,
+    splits: str | dict | None,
+    coarsen: int,
+    compress: str | None,
+    notes: list[str],
+) -> DatasetPlan:
+    """Normalise the source, pick its channels, check its time axis and cut it into splits and shards."""
+    ds, normalise_notes = normalise(ds, where=where)
+    notes = [*notes, *normalise_notes]
+    channels = select_channels(ds, variables, where)
+    if variables is None:
+        unusable = channel_specs(ds)[1]
+        if unusable:
+            notes.append(f"{where}: left out " + "; ".join(f"{k} ({v})" for k, v in unusable.items()))
+    axis = check_time_axis(ds, where)
+    if axis.order is not None:
+        ds = ds.isel(time=axis.order)
+        notes.append(f"{where}: time axis was not in order; sorted it")
+    n_lat, n_lon = ds.sizes["lat"], ds.sizes["lon"]
+    if n_lat % coarsen or n_lon % coarsen:
+        raise WxscaleError(
+            f"--coarsen {coarsen} does not divide the grid (lat {n_lat} points, lon {n_lon} points); wxscale "
+            "refuses rather than trims: choose a factor that divides both"
+        )
+    ranges, policy, spec_text, index = _choose_splits(axis, splits, where)
+    used = sum(i1 - i0 for i0, i1 in index.values())
+    if used < len(axis.hours):
+        notes.append(f"{len(axis.hours) - used} time step(s) fall in no split and are left out")
+    step_bytes = len(channels) * n_lat * n_lon * 4
+    shard_steps = max(1, MAX_SHARD_BYTES // max(1, step_bytes // coarsen**2))
+    shards = [
+        ShardPlan(split, f"{split}/{k:03d}.h5", a, b)
+        for split in SPLITS
+        if split in index
+        for k, (a, b) in enumerate(_shard_ranges(axis.hours, *index[split], shard_steps))
+    ]
+    return DatasetPlan(
+        ds=ds,
+        where=where,
+        channels=channels,
+        axis=axis,
+        coarsen=int(coarsen),
+        compress=compress,
+        lat=ds["lat"].values.reshape(-1, coarsen).mean(axis=1),
+        lon=ds["lon"].values.reshape(-1, coarsen).mean(axis=1),
+        ranges=ranges,
+        index=index,
+        policy=policy,
+        spec_text=spec_text,
+        shards=shards,
+        block_steps=max(1, BLOCK_BYTES // step_bytes),
+        notes=notes,
+    )
+
+
+def _choose_splits(
+    axis: TimeAxis, splits: str | dict | None, where: str
+) -> tuple[dict[str, tuple[int, int]], str, str | dict | None, dict[str, tuple[int, int]]]:
+    """(ranges asked for, policy, --splits as given, index ranges): --splits, or 80/10/10 by time."""
+    if splits is None:
+        ranges, policy = default_splits(axis.hours), "default: 80/10/10 by time, cut at midnight UTC"
+        spec_text = None
+    else:
+        ranges, policy = parse_splits(splits), "--splits"
+        spec_text = splits if isinstance(splits, str) else {k: str(v) for k, v in splits.items()}
+    try:
+        index = _split_indices(ranges, axis, where, policy)
+    except WxscaleError as err:
+        if splits is not None:
+            raise
+        raise WxscaleError(
+            f"{where}: too few time steps for the default split ({policy}): {len(axis.hours)} steps every "
+            f"{axis.dhours} h over {(axis.hours[-1] - axis.hours[0]) / 24:g} days leave a split without a "
+            f"sample. Pass --splits, e.g. {_example_splits(axis.hours)}"
+        ) from err
+    return ranges, policy, spec_text, index
+
+
+# ------------------------------------------------------------------------------------------------------------
+# accumulators, streamed block by block; each merges with another of its kind (one per rank or per shard)
 
 
 class _Moments:
@@ -270,17 +427,23 @@ class _Moments:
     def add(self, x: np.ndarray) -> None:  # x [T, C, lat, lon]
         if x.shape[0] == 0:
             return
-        nb = x.size // x.shape[1]
-        mb, m2b = np.empty(x.shape[1]), np.empty(x.shape[1])
+        block = _Moments(x.shape[1])
+        block.n = x.size // x.shape[1]
         for c in range(x.shape[1]):  # one channel at a time in float64: a bounded temporary
             xc = x[:, c].astype(np.float64).ravel()
-            mb[c] = xc.mean()
-            xc -= mb[c]
-            m2b[c] = np.dot(xc, xc)
-        n = self.n + nb
-        delta = mb - self.mean
-        self.mean = self.mean + delta * nb / n
-        self.m2 = self.m2 + m2b + delta**2 * self.n * nb / n
+            block.mean[c] = xc.mean()
+            xc -= block.mean[c]
+            block.m2[c] = np.dot(xc, xc)
+        self.merge(block)
+
+    def merge(self, other: _Moments) -> None:
+        """Chan et al.'s pairwise update: the moments of both sets of values together."""
+        if other.n == 0:
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * other.n / n
+        self.m2 = self.m2 + other.m2 + delta**2 * self.n * other.n / n
         self.n = n
 
     @property
@@ -305,6 +468,10 @@ class _Climatology:
             self.sums[doy[i], hod[i]] += x[i]
             self.counts[doy[i], hod[i]] += 1
 
+    def merge(self, other: _Climatology) -> None:
+        self.sums += other.sums
+        self.counts += other.counts
+
     def result(self, window_days: int) -> tuple[np.ndarray, int]:
         """The smoothed climatology [doy, hour, C, lat, lon], and how many (day, hour) entries had no data in
         their window and were copied from the nearest day that has (e.g. the gaps between trajectories)."""
@@ -327,17 +494,332 @@ class _Climatology:
         return clim.astype(np.float32, copy=False), n_empty
 
 
+def plan_climatology(plan: DatasetPlan) -> tuple[dict, _Climatology | None]:
+    """(climatology record for data.json, accumulator or None when skipped, which is also noted).
+
+    Only when the train split covers a year: fewer days leave days of the year unseen."""
+    train_h = plan.train_hours()
+    train_span_days = (train_h[-1] - train_h[0] + plan.axis.dhours) / 24
+    clim_hours = np.unique(train_h % 24)
+    clim_bytes = 366 * len(clim_hours) * plan.n_channels * plan.grid[0] * plan.grid[1] * 4 * 2  # sums + smoothed
+    info: dict = {"window_days": CLIM_WINDOW_DAYS, "hours_of_day": clim_hours.tolist()}
+    if train_span_days < 365:
+        info["skipped"] = f"train split covers {train_span_days:.1f} days, less than a year"
+    elif clim_bytes > CLIM_MAX_BYTES:
+        info["skipped"] = f"it would need {clim_bytes / 2**30:.1f} GiB (limit {CLIM_MAX_BYTES / 2**30:.0f} GiB)"
+    if "skipped" in info:
+        plan.notes.append(f"no ACC climatology: {info['skipped']}")
+        return info, None
+    return info, _Climatology(clim_hours, (plan.n_channels, *plan.grid))
+
+
+class TrainStats:
+    """Statistics of the train split, fed its blocks in time order: mean and std, std of one-step differences
+    (within regular stretches and across block and shard boundaries), and the climatology sums.
+
+    Two accumulators over consecutive stretches of time merge (:meth:`merge`) into the one over both, the
+    difference across their boundary included: how processes that each write some shards will combine.
+    """
+
+    def __init__(self, n_channels: int, dhours: int, clim: _Climatology | None):
+        self.dhours = dhours
+        self.moments, self.diffs, self.clim = _Moments(n_channels), _Moments(n_channels), clim
+        self.first: tuple[np.ndarray, int] | None = None  # first and last state (and hour) seen
+        self.last: tuple[np.ndarray, int] | None = None
+
+    def add(self, x: np.ndarray, hours: np.ndarray) -> None:
+        self.moments.add(x)
+        step_ok = np.diff(hours) == self.dhours
+        d = x[1:] - x[:-1]
+        self.diffs.add(d if step_ok.all() else d[step_ok])
+        if self.last is not None and hours[0] - self.last[1] == self.dhours:
+            self.diffs.add(x[:1] - self.last[0][None])
+        if self.first is None:
+            self.first = (x[0].copy(), int(hours[0]))
+        self.last = (x[-1].copy(), int(hours[-1]))
+        if self.clim is not None:
+            self.clim.add(x, hours)
+
+    def merge(self, later: TrainStats) -> None:
+        """Fold in the accumulator of the stretch of time right after this one's."""
+        if later.first is None:
+            return
+        self.moments.merge(later.moments)
+        self.diffs.merge(later.diffs)
+        if self.last is not None and later.first[1] - self.last[1] == self.dhours:
+            self.diffs.add((later.first[0] - self.last[0])[None])
+        if self.clim is not None and later.clim is not None:
+            self.clim.merge(later.clim)
+        self.first = self.first or later.first
+        self.last = later.last
+
+    def result(self, plan: DatasetPlan, clim_info: dict) -> Stats:
+        """stats.h5's content; refuses a train split without a sample or with a constant channel."""
+        if self.diffs.n == 0:
+            raise WxscaleError(f"{plan.where}: the train split has no two consecutive steps; widen it with --splits")
+        std = self.moments.std
+        flat = [ch.name for ch, s in zip(plan.channels, std, strict=True) if not s > 0]
+        if flat:
+            raise WxscaleError(
+                f"{plan.where}: channel(s) {flat} are constant over the train split (std 0); leave them out (--vars)"
+            )
+        climatology = None
+        if self.clim is not None:
+            climatology, clim_info["entries_from_nearest_day"] = self.clim.result(CLIM_WINDOW_DAYS)
+        return Stats(
+            self.moments.mean, std, self.diffs.std, climatology, self.clim.clim_hours if self.clim else None
+        )
+
+
+class MissingValues:
+    """NaN/inf counted per split and channel as blocks stream past, and the values filled (merge: add)."""
+
+    def __init__(self, splits: list[str], n_channels: int):
+        self.bad = {split: np.zeros(n_channels, dtype=np.int64) for split in splits}
+        self.n_values = {split: 0 for split in splits}  # values per channel seen
+        self.filled = np.zeros(n_channels, dtype=np.int64)
+
+    def any(self) -> bool:
+        return any(v.any() for v in self.bad.values())
+
+    def count(self, split: str, x: np.ndarray) -> np.ndarray:
+        """Count the block's non-finite values; returns their mask."""
+        nonfinite = ~np.isfinite(x)
+        self.bad[split] += nonfinite.sum(axis=(0, 2, 3))
+        self.n_values[split] += x[:, 0].size
+        return nonfinite
+
+    def merge(self, other: MissingValues) -> None:
+        for split in self.bad:
+            self.bad[split] += other.bad[split]
+            self.n_values[split] += other.n_values[split]
+        self.filled += other.filled
+
+    def refusal(self, plan: DatasetPlan) -> WxscaleError:
+        """The error for NaN without --fill: how many per channel and split, and what helps."""
+        total_bad = sum(self.bad.values())
+        total_n = sum(self.n_values.values())
+        per = "; ".join(
+            f"{ch.name}: {n:,} of {total_n:,} values ({100 * n / total_n:.1f} %, "
+            + ", ".join(f"{s} {self.bad[s][i]:,}" for s in self.bad if self.bad[s][i])
+            + ")"
+            for i, (ch, n) in enumerate(zip(plan.channels, total_bad, strict=True))
+            if n
+        )
+        return WxscaleError(
+            f"{plan.where}: missing values (NaN) in {per}. Pass --fill mean to fill them with the train "
+            "mean of each grid point (land-only or masked data), or leave those variables out with --vars"
+        )
+
+
+class _FillMean:
+    """Per grid point sum and count of the valid train values (merge: add)."""
+
+    def __init__(self, n_channels: int, grid: tuple[int, int]):
+        self.sums = np.zeros((n_channels, *grid))
+        self.counts = np.zeros((n_channels, *grid))
+
+    def add(self, x: np.ndarray) -> None:
+        ok = np.isfinite(x)
+        self.sums += np.where(ok, x, 0).sum(axis=0)
+        self.counts += ok.sum(axis=0)
+
+    def merge(self, other: _FillMean) -> None:
+        self.sums += other.sums
+        self.counts += other.counts
+
+    def values(self, plan: DatasetPlan) -> np.ndarray:
+        """[C, lat, lon] float32: the train mean of each point, the channel's mean where a point is never valid."""
+        per_point = self.counts.sum(axis=(1, 2))
+        never = [ch.name for ch, n in zip(plan.channels, per_point, strict=True) if n == 0]
+        if never:
+            raise WxscaleError(
+                f"{plan.where}: channel(s) {never} have no valid value in the train split; drop them (--vars)"
+            )
+        per_channel = self.sums.sum(axis=(1, 2)) / np.maximum(per_point, 1)
+        return np.where(
+            self.counts > 0, self.sums / np.maximum(self.counts, 1), per_channel[:, None, None]
+        ).astype(np.float32)
+
+
+def train_fill_values(plan: DatasetPlan, bar: tqdm) -> np.ndarray:
+    """Pass 1 of --fill mean: read the train split once for the fill value of each grid point."""
+    acc = _FillMean(plan.n_channels, plan.grid)
+    for a, b, x in plan.blocks(*plan.index["train"]):
+        acc.add(x)
+        bar.update(b - a)
+    return acc.values(plan)
+
+
 # ------------------------------------------------------------------------------------------------------------
-# helpers
+# the output dir
 
 
-def _coarsen(x: np.ndarray, n: int) -> np.ndarray:
-    """Integer block mean over lat and lon; a block with a NaN stays NaN (the fill policy decides later)."""
-    if n == 1:
-        return x
-    t, c, h, w = x.shape
-    return x.reshape(t, c, h // n, n, w // n, n).mean(axis=(3, 5))
+def _foreign_entries(out: Path) -> list[str]:
+    """What --overwrite would delete that a dataset dir does not hold: everything but data.json, stats.h5 and
+    the split dirs of *.h5 shards. An empty dir has none; a dir without data.json is foreign as a whole."""
+    entries = sorted(out.iterdir())
+    if entries and not (out / DATA_JSON).is_file():
+        return [p.name for p in entries]
+    foreign = []
+    for p in entries:
+        if p.name in SPLITS and p.is_dir() and not p.is_symlink():
+            foreign += [f"{p.name}/{q.name}" for q in sorted(p.iterdir()) if q.suffix != ".h5" or not q.is_file()]
+        elif p.name not in (DATA_JSON, STATS_H5) or not p.is_file():
+            foreign.append(p.name)
+    return foreign
 
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an --out that cannot be written or whose replacement would lose files.
+
+    --overwrite replaces only a dataset dir (data.json, stats.h5, split dirs of shards) or an empty dir.
+    """
+    cwd = Path.cwd().resolve()
+    resolved = out.resolve()
+    if not resolved.name or resolved == cwd or resolved in cwd.parents:
+        raise WxscaleError(
+            f"--out {out}: that is the current folder or one above it, which prep cannot replace; give the "
+            "dataset a folder of its own, e.g. --out ./mydata"
+        )
+    if out.is_symlink() or out.exists():
+        if not overwrite:
+            raise WxscaleError(
+                f"output dir {out} exists; pass --overwrite to replace it, or choose another path"
+            )
+        if out.is_symlink() or not out.is_dir():
+            kind = "a symbolic link" if out.is_symlink() else "a file"
+            raise WxscaleError(
+                f"--out {out} is {kind}, not a dataset dir; --overwrite replaces only a dataset dir (one with "
+                f"{DATA_JSON}) or an empty folder. Remove it yourself or choose another path"
+            )
+        foreign = _foreign_entries(out)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            what = "is not a dataset dir (no data.json) and not empty" if not (out / DATA_JSON).is_file() else (
+                "holds files that are not part of a dataset"
+            )
+            raise WxscaleError(
+                f"--out {out} {what}: --overwrite would delete {shown}. It replaces only a dataset dir or an "
+                "empty folder; move those files away or choose another --out"
+            )
+    parent = resolved.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise WxscaleError(f"--out {out}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise WxscaleError(
+            f"--out {out}: cannot write into {parent} (permission denied); choose a folder you can write to"
+        )
+
+
+@contextlib.contextmanager
+def _writing_into(out: Path) -> Iterator[None]:
+    """OS errors of the output side (permission, full or read-only disk) become one line naming --out."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR):
+            raise
+        raise WxscaleError(
+            f"--out {out}: cannot write the dataset ({err.strerror}: {err.filename}); nothing was left there. "
+            "Free space or choose a folder you can write to"
+        ) from err
+
+
+def _say_leftovers(out: Path) -> None:
+    stale = partial_leftovers(out)
+    if stale:
+        _say(
+            f"removing {len(stale)} unfinished dataset dir(s) left beside {out} by an interrupted prep: "
+            + ", ".join(p.name for p in stale)
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# writing: the shards (one call each), then stats.h5 and data.json
+
+
+def write_shard(
+    tmp: Path,
+    shard: ShardPlan,
+    plan: DatasetPlan,
+    fill_values: np.ndarray | None,
+    missing: MissingValues,
+    train: TrainStats | None,
+    bar: tqdm,
+) -> ShardInfo:
+    """Stream one shard's blocks from the source into `tmp/shard.path`: count NaN and fill them (or, without
+    --fill, stop writing at the first and keep counting, for the error), and feed `train` the blocks written.
+    Shards cover disjoint times: each may be written by another process with its own accumulators."""
+    (tmp / shard.split).mkdir(exist_ok=True)
+    bar.set_postfix_str(shard.path)
+    writer = ShardWriter(tmp / shard.path, plan.n_channels, plan.grid, plan.compress)
+    try:
+        for a, b, x in plan.blocks(shard.i0, shard.i1):
+            nonfinite = missing.count(shard.split, x)
+            bar.update(b - a)
+            if fill_values is None and missing.any():
+                continue  # doomed: count on so the error can say how many, write nothing
+            if nonfinite.any():
+                missing.filled += nonfinite.sum(axis=(0, 2, 3))
+                x = np.where(nonfinite, fill_values[None], x)
+            hours = plan.axis.hours[a:b]
+            writer.append(x, hours)
+            if train is not None:
+                train.add(x, hours)
+    finally:
+        writer.close()
+    hours = plan.axis.hours
+    return ShardInfo(shard.path, shard.split, shard.i1 - shard.i0, iso(hours[shard.i0]), iso(hours[shard.i1 - 1]), "")
+
+
+def _split_meta(plan: DatasetPlan, shards: list[ShardInfo]) -> dict[str, dict]:
+    out = {}
+    for split, (i0, i1) in plan.index.items():
+        lo, hi = plan.ranges[split]
+        out[split] = {
+            "start": iso(plan.axis.hours[i0]),
+            "end": iso(plan.axis.hours[i1 - 1]),
+            "range": [iso(lo), iso(hi)],
+            "n_steps": i1 - i0,
+            "n_shards": sum(1 for s in shards if s.split == split),
+        }
+    return out
+
+
+def _provenance(
+    source: dict, plan: DatasetPlan, *, variables: list[str] | None, fill: str, filled: np.ndarray, clim_info: dict
+) -> dict:
+    """data.json's `source`: what the caller recorded (inputs, checksums, command) and how prep treated it."""
+    return {
+        **source,
+        "wxscale_version": suite_version(),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": source.get("command", "python: data_prep.prep.write_dataset"),
+        "variables_requested": variables,
+        "coarsen": plan.coarsen,
+        "fill": {
+            "policy": fill,
+            "filled_values": {ch.name: int(n) for ch, n in zip(plan.channels, filled, strict=True) if n},
+            "how": "train mean of each grid point; channel mean where a point is never valid"
+            if fill == "mean"
+            else "NaN refused",
+        },
+        "compress": plan.compress,
+        "split_policy": plan.policy,
+        "splits_spec": plan.spec_text,
+        "time": {
+            "dhours": plan.axis.dhours,
+            "sorted_by_prep": plan.axis.order is not None,
+            "n_gaps": len(plan.axis.gaps),
+        },
+        "stats": "train split only; unweighted over time and grid points, population std; diff_std "
+        "over one-step differences within regular segments",
+        "climatology": clim_info,
+        "notes": plan.notes,
+    }
 
 
 def checksum_input(path: str | os.PathLike) -> dict:
@@ -363,6 +845,15 @@ def _say(msg: str) -> None:
 # the one path to a dataset dir
 
 
+def _check_options(fill: str, compress: str | None, coarsen: int) -> None:
+    if fill not in ("none", "mean"):
+        raise WxscaleError(f"--fill {fill!r}: use none (refuse NaN) or mean (fill with the train mean)")
+    if compress not in (None, "lzf", "gzip"):
+        raise WxscaleError(f"--compress {compress!r}: use lzf or gzip (or leave it out)")
+    if int(coarsen) != coarsen or coarsen < 1:
+        raise WxscaleError(f"--coarsen {coarsen}: must be a positive integer")
+
+
 def write_dataset(
     ds: xr.Dataset,
     out: Path,
@@ -384,6 +875,7 @@ def write_dataset(
     integer block mean over lat and lon. fill: "none" refuses NaN, "mean" fills with the train mean of each
     grid point (the channel mean where a point is never valid). compress: None, "lzf" or "gzip". source:
     provenance to record (inputs, checksums, command); tool version, policies and notes are added here.
+    overwrite: replace `out` if it is a dataset dir or empty (anything else is refused).
     Raises WxscaleError for input it cannot turn into a valid dataset; nothing is left at `out` then.
     """
     out = Path(out)
@@ -393,235 +885,49 @@ def write_dataset(
         or source.get("builtin")
         or "dataset"
     )
-    if fill not in ("none", "mean"):
-        raise WxscaleError(f"--fill {fill!r}: use none (refuse NaN) or mean (fill with the train mean)")
-    if compress not in (None, "lzf", "gzip"):
-        raise WxscaleError(f"--compress {compress!r}: use lzf or gzip (or leave it out)")
-    if int(coarsen) != coarsen or coarsen < 1:
-        raise WxscaleError(f"--coarsen {coarsen}: must be a positive integer")
-    if out.exists() and not overwrite:  # fail before the work; atomic_output_dir checks again at the end
-        raise WxscaleError(f"output dir {out} exists; pass --overwrite to replace it, or choose another path")
+    _check_options(fill, compress, coarsen)
+    check_output_dir(out, overwrite)  # before the work; atomic_output_dir checks existence again at the end
 
-    ds, notes = normalise(ds, where=where)
-    notes = list(source.pop("notes", [])) + notes
-    channels = select_channels(ds, variables, where)
-    if variables is None:
-        unusable = channel_specs(ds)[1]
-        if unusable:
-            notes.append(f"{where}: left out " + "; ".join(f"{k} ({v})" for k, v in unusable.items()))
-    axis = check_time_axis(ds, where)
-    if axis.order is not None:
-        ds = ds.isel(time=axis.order)
-        notes.append(f"{where}: time axis was not in order; sorted it")
-    n_lat, n_lon = ds.sizes["lat"], ds.sizes["lon"]
-    if n_lat % coarsen or n_lon % coarsen:
-        raise WxscaleError(
-            f"--coarsen {coarsen} does not divide the grid (lat {n_lat} points, lon {n_lon} points); wxscale "
-            "refuses rather than trims: choose a factor that divides both"
-        )
-    lat = ds["lat"].values.reshape(-1, coarsen).mean(axis=1)
-    lon = ds["lon"].values.reshape(-1, coarsen).mean(axis=1)
-
-    # splits and shards
-    if splits is None:
-        ranges, policy = default_splits(axis.hours), "default: 80/10/10 by time, cut at midnight UTC"
-        spec_text = None
-    else:
-        ranges, policy = parse_splits(splits), "--splits"
-        spec_text = splits if isinstance(splits, str) else {k: str(v) for k, v in splits.items()}
-    try:
-        index = _split_indices(ranges, axis, where, policy)
-    except WxscaleError as err:
-        if splits is not None:
-            raise
-        raise WxscaleError(
-            f"{where}: too few time steps for the default split ({policy}): {len(axis.hours)} steps every "
-            f"{axis.dhours} h over {(axis.hours[-1] - axis.hours[0]) / 24:g} days leave a split without a "
-            f"sample. Pass --splits, e.g. {_example_splits(axis.hours)}"
-        ) from err
-    used = sum(i1 - i0 for i0, i1 in index.values())
-    if used < len(axis.hours):
-        notes.append(f"{len(axis.hours) - used} time step(s) fall in no split and are left out")
-    step_bytes = len(channels) * n_lat * n_lon * 4
-    block_steps = max(1, BLOCK_BYTES // step_bytes)
-    shard_steps = max(1, MAX_SHARD_BYTES // max(1, step_bytes // coarsen**2))
-    plan: list[tuple[str, str, int, int]] = []  # (split, relative path, i0, i1)
-    for split in SPLITS:
-        if split in index:
-            for k, (a, b) in enumerate(_shard_ranges(axis.hours, *index[split], shard_steps)):
-                plan.append((split, f"{split}/{k:03d}.h5", a, b))
-
-    def blocks(i0: int, i1: int):
-        for a in range(i0, i1, block_steps):
-            b = min(a + block_steps, i1)
-            yield a, b, _coarsen(read_channels(ds, channels, slice(a, b)), coarsen)
-
-    n_train = index["train"][1] - index["train"][0]
-    total = sum(b - a for _, _, a, b in plan) + (n_train if fill == "mean" else 0)
+    plan = plan_dataset(
+        ds, where, variables=variables, splits=splits, coarsen=coarsen, compress=compress,
+        notes=list(source.pop("notes", [])),
+    )
+    n_train = plan.index["train"][1] - plan.index["train"][0]
+    total = sum(s.i1 - s.i0 for s in plan.shards) + (n_train if fill == "mean" else 0)
     bar = tqdm(total=total, unit="step", desc="prep", disable=not progress, dynamic_ncols=True)
-    grid = (len(lat), len(lon))
+    fill_values = train_fill_values(plan, bar) if fill == "mean" else None
+    clim_info, clim = plan_climatology(plan)
+    train = TrainStats(plan.n_channels, plan.axis.dhours, clim)
+    missing = MissingValues(list(plan.index), plan.n_channels)
 
-    # pass 1 (only for --fill mean): the train mean at each grid point
-    fill_values = None
-    if fill == "mean":
-        s = np.zeros((len(channels), *grid))
-        c = np.zeros((len(channels), *grid))
-        for a, b, x in blocks(*index["train"]):
-            ok = np.isfinite(x)
-            s += np.where(ok, x, 0).sum(axis=0)
-            c += ok.sum(axis=0)
-            bar.update(b - a)
-        per_channel = s.sum(axis=(1, 2)) / np.maximum(c.sum(axis=(1, 2)), 1)
-        never = [ch.name for ch, n in zip(channels, c.sum(axis=(1, 2)), strict=True) if n == 0]
-        if never:
-            raise WxscaleError(
-                f"{where}: channel(s) {never} have no valid value in the train split; drop them (--vars)"
-            )
-        fill_values = np.where(c > 0, s / np.maximum(c, 1), per_channel[:, None, None]).astype(np.float32)
-
-    # climatology only when the train split covers a year: fewer days leave days of the year unseen
-    train_h = axis.hours[index["train"][0] : index["train"][1]]
-    train_span_days = (train_h[-1] - train_h[0] + axis.dhours) / 24
-    clim_hours = np.unique(train_h % 24)
-    clim_bytes = 366 * len(clim_hours) * len(channels) * grid[0] * grid[1] * 4 * 2  # sums + smoothed
-    clim_info: dict = {"window_days": CLIM_WINDOW_DAYS, "hours_of_day": clim_hours.tolist()}
-    if train_span_days < 365:
-        clim_info["skipped"] = f"train split covers {train_span_days:.1f} days, less than a year"
-    elif clim_bytes > CLIM_MAX_BYTES:
-        clim_info["skipped"] = (
-            f"it would need {clim_bytes / 2**30:.1f} GiB (limit {CLIM_MAX_BYTES / 2**30:.0f} GiB)"
-        )
-    clim = None if "skipped" in clim_info else _Climatology(clim_hours, (len(channels), *grid))
-    if clim is None:
-        notes.append(f"no ACC climatology: {clim_info['skipped']}")
-
-    moments, diffs = _Moments(len(channels)), _Moments(len(channels))
-    bad = {split: np.zeros(len(channels), dtype=np.int64) for split in index}
-    n_values = {split: 0 for split in index}
-    filled = np.zeros(len(channels), dtype=np.int64)
-    shards: list[ShardInfo] = []
-    prev: tuple[np.ndarray, int] | None = None  # last train step, for differences across block boundaries
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        for split, rel, i0, i1 in plan:
-            (tmp / split).mkdir(exist_ok=True)
-            bar.set_postfix_str(rel)
-            writer = ShardWriter(tmp / rel, len(channels), grid, compress)
-            try:
-                for a, b, x in blocks(i0, i1):
-                    hours = axis.hours[a:b]
-                    nonfinite = ~np.isfinite(x)
-                    bad[split] += nonfinite.sum(axis=(0, 2, 3))
-                    n_values[split] += x[:, 0].size
-                    if fill_values is None and any(v.any() for v in bad.values()):
-                        bar.update(b - a)
-                        continue  # doomed: keep counting so the error can say how many, write nothing
-                    if nonfinite.any():
-                        filled += nonfinite.sum(axis=(0, 2, 3))
-                        x = np.where(nonfinite, fill_values[None], x)
-                    writer.append(x, hours)
-                    if split == "train":
-                        moments.add(x)
-                        # one-step differences within regular segments only, and across the block boundary
-                        step_ok = np.diff(hours) == axis.dhours
-                        d = x[1:] - x[:-1]
-                        diffs.add(d if step_ok.all() else d[step_ok])
-                        if prev is not None and hours[0] - prev[1] == axis.dhours:
-                            diffs.add(x[:1] - prev[0][None])
-                        prev = (x[-1].copy(), int(hours[-1]))
-                        if clim is not None:
-                            clim.add(x, hours)
-                    bar.update(b - a)
-            finally:
-                writer.close()
-            shards.append(ShardInfo(rel, split, i1 - i0, iso(axis.hours[i0]), iso(axis.hours[i1 - 1]), ""))
+    _say_leftovers(out)
+    with _writing_into(out), atomic_output_dir(out, overwrite=overwrite) as tmp:
+        shards = [
+            write_shard(tmp, s, plan, fill_values, missing, train if s.split == "train" else None, bar)
+            for s in plan.shards
+        ]
         bar.close()
-
-        if fill_values is None and any(v.any() for v in bad.values()):
-            total_bad = sum(bad.values())
-            total_n = sum(n_values.values())
-            per = "; ".join(
-                f"{ch.name}: {n:,} of {total_n:,} values ({100 * n / total_n:.1f} %, "
-                + ", ".join(f"{s} {bad[s][i]:,}" for s in bad if bad[s][i])
-                + ")"
-                for i, (ch, n) in enumerate(zip(channels, total_bad, strict=True))
-                if n
-            )
-            raise WxscaleError(
-                f"{where}: missing values (NaN) in {per}. Pass --fill mean to fill them with the train "
-                "mean of each grid point (land-only or masked data), or leave those variables out with --vars"
-            )
-        if diffs.n == 0:
-            raise WxscaleError(
-                f"{where}: the train split has no two consecutive steps; widen it with --splits"
-            )
-        std = moments.std
-        flat = [ch.name for ch, s in zip(channels, std, strict=True) if not s > 0]
-        if flat:
-            raise WxscaleError(
-                f"{where}: channel(s) {flat} are constant over the train split "
-                "(std 0); leave them out (--vars)"
-            )
-        climatology = None
-        if clim is not None:
-            climatology, clim_info["entries_from_nearest_day"] = clim.result(CLIM_WINDOW_DAYS)
-        write_stats(
-            tmp / STATS_H5, Stats(moments.mean, std, diffs.std, climatology, clim_hours if clim else None)
-        )
+        if fill_values is None and missing.any():
+            raise missing.refusal(plan)
+        write_stats(tmp / STATS_H5, train.result(plan, clim_info))
         for info in shards:
             info.sha256 = sha256_file(tmp / info.path)
-
-        split_meta = {}
-        for split, (i0, i1) in index.items():
-            lo, hi = ranges[split]
-            split_meta[split] = {
-                "start": iso(axis.hours[i0]),
-                "end": iso(axis.hours[i1 - 1]),
-                "range": [iso(lo), iso(hi)],
-                "n_steps": i1 - i0,
-                "n_shards": sum(1 for s in shards if s.split == split),
-            }
-        source.update(
-            {
-                "wxscale_version": suite_version(),
-                "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "command": source.get("command", "python: data_prep.prep.write_dataset"),
-                "variables_requested": variables,
-                "coarsen": int(coarsen),
-                "fill": {
-                    "policy": fill,
-                    "filled_values": {ch.name: int(n) for ch, n in zip(channels, filled, strict=True) if n},
-                    "how": "train mean of each grid point; channel mean where a point is never valid"
-                    if fill == "mean"
-                    else "NaN refused",
-                },
-                "compress": compress,
-                "split_policy": policy,
-                "splits_spec": spec_text,
-                "time": {
-                    "dhours": axis.dhours,
-                    "sorted_by_prep": axis.order is not None,
-                    "n_gaps": len(axis.gaps),
-                },
-                "stats": "train split only; unweighted over time and grid points, population std; diff_std "
-                "over one-step differences within regular segments",
-                "climatology": clim_info,
-                "notes": notes,
-            }
-        )
         meta = DatasetMeta(
             dataset_name=name or out.name,
-            dhours=axis.dhours,
-            lat=[float(v) for v in lat],
-            lon=[float(v) for v in lon],
-            channels=[ch.name for ch in channels],
+            dhours=plan.axis.dhours,
+            lat=[float(v) for v in plan.lat],
+            lon=[float(v) for v in plan.lon],
+            channels=[ch.name for ch in plan.channels],
             shards=shards,
-            splits=split_meta,
-            source=source,
-            gaps=axis.gaps,
-            channel_units={ch.name: ch.units for ch in channels if ch.units},
+            splits=_split_meta(plan, shards),
+            source=_provenance(
+                source, plan, variables=variables, fill=fill, filled=missing.filled, clim_info=clim_info
+            ),
+            gaps=plan.axis.gaps,
+            channel_units={ch.name: ch.units for ch in plan.channels if ch.units},
         )
-        write_json_atomic(tmp / "data.json", meta.to_json_dict())
-    for note in notes:
+        write_json_atomic(tmp / DATA_JSON, meta.to_json_dict())
+    for note in plan.notes:
         _say(note)
     return out
 
@@ -676,6 +982,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
+    check_output_dir(args.out, args.overwrite)  # before simulating or checksumming the inputs
     command = getattr(args, "command_line", None) or shlex.join(sys.argv)
     if args.builtin:
         sim = _simulator()

@@ -19,7 +19,9 @@ file that holds each requested step. That is what lets a year of 0.25 deg ERA5 s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -29,6 +31,7 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
+from wxscale.data_prep.integrity import count_grib_messages, require_all_messages_decoded, require_complete
 from wxscale.errors import WxscaleError
 
 # Common spellings of each coordinate, first match wins. "t" is not a time name: in ERA5 it is temperature.
@@ -67,6 +70,8 @@ def open_file(path: str | os.PathLike, engine: str | None = None) -> xr.Dataset:
     if not os.access(p, os.R_OK):
         raise WxscaleError(f"input {p} cannot be read (permission denied); fix its permissions or copy it")
     engine = engine or engine_for(p)
+    require_complete(p)  # a cut-off file is refused here, naming it, before a decoder reads zeros from it
+    n_messages = count_grib_messages(p) if engine == "cfgrib" else None
     kwargs: dict = {}
     if engine == "cfgrib":
         # cfgrib writes a .idx file next to the input by default; inputs often live on read-only storage
@@ -77,7 +82,8 @@ def open_file(path: str | os.PathLike, engine: str | None = None) -> xr.Dataset:
         with warnings.catch_warnings():
             # zarr stores without consolidated metadata open fine, just more slowly: not worth a warning here
             warnings.filterwarnings("ignore", message=".*consolidated metadata", category=RuntimeWarning)
-            ds = xr.open_dataset(p, engine=engine, **kwargs)
+            with _quiet_cfgrib():  # a message cfgrib skips is reported below, as one line, not as its traceback
+                ds = xr.open_dataset(p, engine=engine, **kwargs)
     except Exception as err:  # each backend raises its own types for a corrupt or foreign file
         kind = {"zarr": "a zarr store", "cfgrib": "GRIB"}.get(engine or "", "NetCDF/HDF5")
         raise WxscaleError(
@@ -86,7 +92,20 @@ def open_file(path: str | os.PathLike, engine: str | None = None) -> xr.Dataset:
         ) from err
     if not ds.data_vars:
         raise WxscaleError(f"input {p} holds no data variables (empty or corrupt file?)")
+    if n_messages is not None:
+        require_all_messages_decoded(p, ds, n_messages)
     return ds
+
+
+@contextlib.contextmanager
+def _quiet_cfgrib():
+    log = logging.getLogger("cfgrib")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------------------------

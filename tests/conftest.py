@@ -10,6 +10,7 @@ that normalisation matters.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -167,3 +168,17 @@ def state_keys(dataset_dir: str | Path, split: str, states) -> list[tuple[int, i
     """
     table = _state_table(str(dataset_dir), split)
     return [table[np.ascontiguousarray(np.asarray(s, dtype=np.float32)).tobytes()] for s in states]
+
+
+# Real data (../shared/data/real beside the checkout, or $WXSCALE_REAL_DATA): tests that need it skip without it.
+REAL_DATA = Path(
+    os.environ.get("WXSCALE_REAL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+)
+
+
+def real_data_file(name: str) -> Path:
+    """The real file `name`, or pytest.skip with the reason (a fresh clone has no ../shared/data)."""
+    p = REAL_DATA / name
+    if not p.is_file():
+        pytest.skip(f"{p} not present (../shared/data is not part of a fresh clone; or set WXSCALE_REAL_DATA)")
+    return p

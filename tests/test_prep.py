@@ -468,8 +468,13 @@ def test_bad_output_exists(tmp_path, capsys):
     (out / "keep.txt").write_text("mine")
     rc, text = run_cli(["prep", "--input", str(p), "--out", str(out), "--no-progress"], capsys)
     assert rc == 2 and "--overwrite" in text and (out / "keep.txt").exists()
+    # --overwrite replaces a dataset dir or an empty folder, never a folder of someone's files
     rc, text = run_cli(["prep", "--input", str(p), "--out", str(out), "--no-progress", "--overwrite"], capsys)
-    assert rc == 0 and not (out / "keep.txt").exists() and check_dataset(out) == []
+    assert rc == 2 and "keep.txt" in text and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    for _ in range(2):  # into the empty folder, then over the dataset dir it now is
+        rc, text = run_cli(["prep", "--input", str(p), "--out", str(out), "--no-progress", "--overwrite"], capsys)
+        assert rc == 0 and check_dataset(out) == [], text
 
 
 def test_bad_splits(tmp_path, capsys):
@@ -503,3 +508,31 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_dataset(ds, tmp_path / "d", progress=False)
     assert_nothing_written(tmp_path / "d")
+
+
+def test_accumulators_merge_like_one_pass():
+    """Train statistics from two consecutive stretches of time, merged, equal those from one pass (what ranks
+    that each write some shards will rely on), the one-step difference across the seam included."""
+    rng = np.random.default_rng(1)
+    x = (10 + rng.standard_normal((30, 2, 4, 6))).astype(np.float32)
+    hours = np.arange(30, dtype=np.int64) * 6 + 262968  # 2000-01-01, every 6 h
+    hours[20:] += 6  # one gap, inside the second stretch
+    clim_hours = np.unique(hours % 24)
+
+    def stats_of(*pieces):
+        acc = prep.TrainStats(2, 6, prep._Climatology(clim_hours, (2, 4, 6)))
+        for a, b in pieces:
+            acc.add(x[a:b], hours[a:b])
+        return acc
+
+    whole = stats_of((0, 7), (7, 30))  # blocks in one pass
+    first, second = stats_of((0, 12)), stats_of((12, 19), (19, 30))
+    first.merge(second)
+    assert first.moments.n == whole.moments.n and first.diffs.n == whole.diffs.n == 28 * 4 * 6
+    np.testing.assert_allclose(first.moments.mean, whole.moments.mean, rtol=1e-12)
+    np.testing.assert_allclose(first.moments.std, whole.moments.std, rtol=1e-10)
+    np.testing.assert_allclose(first.diffs.std, whole.diffs.std, rtol=1e-10)
+    np.testing.assert_allclose(first.clim.sums, whole.clim.sums, rtol=1e-6)
+    np.testing.assert_array_equal(first.clim.counts, whole.clim.counts)
+    direct = np.diff(x.astype(np.float64), axis=0)[np.diff(hours) == 6]
+    np.testing.assert_allclose(whole.diffs.std, direct.std(axis=(0, 2, 3)), rtol=1e-6)

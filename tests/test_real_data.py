@@ -12,20 +12,13 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.conftest import REAL_DATA
+from tests.conftest import real_data_file as real
 from wxscale.cli import main as cli
 from wxscale.data_prep.check import check_dataset
 from wxscale.data_prep.layout import FIELDS_KEY, load_meta, read_stats
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
-
 pytestmark = pytest.mark.real
-
-
-def real(name: str) -> Path:
-    p = REAL / name
-    if not p.is_file():
-        pytest.skip(f"{p} not present (../shared/data is not part of a fresh clone)")
-    return p
 
 
 def prep(capsys, *argv: str) -> tuple[int, str]:
@@ -94,7 +87,7 @@ def test_era5_2mt_grib_hourly(tmp_path, capsys):
     meta = prep_ok(capsys, tmp_path / "d", "--input", str(p), "--vars", "t2m")
     assert meta.channels == ["t2m"] and meta.dhours == 1 and meta.grid == (33, 49)
     assert meta.channel_units["t2m"] == "K"
-    assert not list(REAL.glob("*.idx")), "cfgrib must not write index files next to the inputs"
+    assert not list(REAL_DATA.glob("*.idx")), "cfgrib must not write index files next to the inputs"
 
 
 def test_era5_levels_members_grib(tmp_path, capsys):
