@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -102,12 +103,30 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     return path
 
 
+def _partial_pattern(out: Path) -> re.Pattern:
+    # mkdtemp's random part is 8 characters of [a-z0-9_]: a dataset named "d.x" is not a leftover of "d".
+    return re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}{re.escape(PARTIAL_SUFFIX)}")
+
+
 def partial_leftovers(out: str | os.PathLike) -> list[Path]:
     """Temporary folders that an interrupted :func:`atomic_output_dir` into ``out`` left behind."""
     out = Path(out)
     if not out.parent.is_dir():
         return []
-    return sorted(out.parent.glob(f".{out.name}.*{PARTIAL_SUFFIX}"))
+    pattern = _partial_pattern(out)
+    return sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def _finish_interrupted_swap(out: Path) -> None:
+    """A kill during the final swap leaves ``.NAME.old``: the previous complete output. Put it back if ``out`` is
+    missing (the new one never landed), else drop it (the new one did)."""
+    old = out.with_name(f".{out.name}.old")
+    if not old.exists():
+        return
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.rename(out)
 
 
 @contextlib.contextmanager
@@ -116,9 +135,11 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False, flag: str
 
     An interrupted or failed write leaves no dir that looks complete: the temporary one is removed on error,
     and one left behind by a SIGKILL has a name starting with '.' and ending in '.partial' (removed by the next
-    write into the same place).
+    write into the same place). A kill during the final swap is repaired by the next write too.
     """
     out = Path(out)
+    if out.parent.is_dir():
+        _finish_interrupted_swap(out)
     if out.exists() and not overwrite:
         raise WxscaleError(f"output dir {out} exists; pass {flag} to replace it, or choose another path")
     out.parent.mkdir(parents=True, exist_ok=True)
