@@ -121,8 +121,9 @@ def window_index(layout: GridLayout, window: tuple[int, int],
 
     ``win_index`` [n_windows * S]: for each window slot (windows in row-major order, tokens row-major inside),
     the flat token index it holds, after rolling the grid by ``-shift`` (the wrapped rows, and the wrapped
-    columns of a regional grid, are masked by :func:`window_mask`) and padding it south and east. Padding slots point at token 0:
-    they are masked as keys and their outputs are never gathered back. ``tok_index`` [T]: the slot of each token.
+    columns of a regional grid, are masked by :func:`window_mask`) and padding it south and east. Padding slots
+    point at token 0: they are masked as keys and their outputs are never gathered back. ``tok_index`` [T]: the
+    slot of each token.
     """
     (ht, wt), (hp, wp) = layout.tokens, layout.padded_tokens
     wh, ww = window
