@@ -14,10 +14,15 @@ return the same kind; torch is never imported here, so numpy-only callers stay l
   averaged over init times.
 - Zonal energy spectrum: per latitude, F_k = rfft along longitude (norm="forward"), circumference
   C = 2 pi R cos(phi); S(0) = C |F_0|^2, S(k) = 2 C |F_k|^2 (k > 0), averaged over a latitude band.
+  On a regional grid (longitude not periodic) the FFT would see the jump between the east and west edges as
+  power at every wavenumber, so the spectrum uses the orthonormal DCT-II instead (Denis et al. 2002, "Spectral
+  decomposition of two-dimensional atmospheric fields on limited-area domains using the discrete cosine
+  transform (DCT)", Mon. Wea. Rev. 130): it extends the row by its mirror image, which has no edge jump.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -106,7 +111,31 @@ def acc(forecast, truth, clim, weights, time_axis: int = 0):
     return (num / den).mean(axis=time_axis)
 
 
-def zonal_energy_spectrum(x, lat_deg, radius: float = EARTH_RADIUS_M, lat_band: tuple[float, float] | None = None):
+@functools.lru_cache(maxsize=32)
+def _dct_matrix(n: int) -> np.ndarray:
+    """[n, n] orthonormal DCT-II: M[k, j] = s_k cos(pi (j + 1/2) k / n), s_0 = sqrt(1/n), s_k = sqrt(2/n)."""
+    k, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    m = np.sqrt(2.0 / n) * np.cos(np.pi * (j + 0.5) * k / n)
+    m[0] /= np.sqrt(2.0)
+    return m
+
+
+def dct_lon(x):
+    """Orthonormal DCT-II along the last axis (scipy.fft.dct(x, norm="ortho")) of a numpy array or torch tensor.
+
+    Orthonormal, so sum_k c_k^2 = sum_j x_j^2 (Parseval). A matrix product: differentiable in torch and cheap
+    for the regional grids it is used on (Denis et al. 2002; see the module docstring).
+    """
+    m = _dct_matrix(x.shape[-1])
+    if _is_torch(x):
+        import torch
+
+        return x @ torch.as_tensor(m.T, dtype=x.dtype, device=x.device)
+    return np.asarray(x) @ m.T
+
+
+def zonal_energy_spectrum(x, lat_deg, radius: float = EARTH_RADIUS_M, lat_band: tuple[float, float] | None = None,
+                          periodic_lon: bool = True, lon_deg=None):
     """Zonal energy spectrum of fields x [..., lat, lon], averaged over latitudes in ``lat_band`` (deg, inclusive).
 
     Per latitude: F_k = rfft(x, norm="forward") along longitude, circumference C = 2 pi R cos(phi),
@@ -115,6 +144,11 @@ def zonal_energy_spectrum(x, lat_deg, radius: float = EARTH_RADIUS_M, lat_band: 
     sum_k S(k) = C mean_lon(x^2)). Returns (wavenumbers [K], wavelengths_m [K], spectrum [..., K]); the
     wavelength C_band / k uses the band's mean circumference (inf at k = 0). Works on numpy arrays and torch
     tensors (spectrum of the input's kind; wavenumbers and wavelengths as numpy).
+
+    ``periodic_lon=False`` (a regional grid; ``lon_deg`` then gives the domain's width): per latitude the
+    orthonormal DCT-II c_k of the row, domain width L = nlon * dlon * R cos(phi) (each point a cell of width
+    dlon), S(k) = L c_k^2 / nlon for k = 0 .. nlon - 1, so again sum_k S(k) = L mean_lon(x^2); wavenumber k is
+    k half-waves across the domain, wavelength 2 L_band / k (Denis et al. 2002).
     """
     lat = np.asarray(lat_deg.detach().cpu().numpy() if _is_torch(lat_deg) else lat_deg, dtype=np.float64)
     if x.shape[-2] != lat.size:
@@ -124,6 +158,8 @@ def zonal_energy_spectrum(x, lat_deg, radius: float = EARTH_RADIUS_M, lat_band: 
     if rows.size == 0:
         raise ValueError(f"no latitude of the grid lies in the band {lat_band}")
     nlon = x.shape[-1]
+    if not periodic_lon:
+        return _regional_spectrum(x, lat[rows], rows, radius, lon_deg)
     k = np.arange(nlon // 2 + 1)
     factor = np.where(k == 0, 1.0, 2.0)
     if nlon % 2 == 0:
@@ -141,4 +177,29 @@ def zonal_energy_spectrum(x, lat_deg, radius: float = EARTH_RADIUS_M, lat_band: 
         spectrum = (power * scale).mean(axis=-2)
     with np.errstate(divide="ignore"):
         wavelengths = np.where(k == 0, np.inf, circ.mean() / np.maximum(k, 1))
+    return k, wavelengths, spectrum
+
+
+def _regional_spectrum(x, lat_rows, rows, radius: float, lon_deg):
+    """The DCT spectrum of :func:`zonal_energy_spectrum` for a grid that does not wrap in longitude."""
+    nlon = x.shape[-1]
+    if lon_deg is None:
+        raise ValueError("a regional grid's spectrum (periodic_lon=False) needs lon_deg, for the domain's width")
+    lon = np.asarray(lon_deg.detach().cpu().numpy() if _is_torch(lon_deg) else lon_deg, dtype=np.float64).ravel()
+    if lon.size != nlon or nlon < 2:
+        raise ValueError(f"x has {nlon} longitudes but lon_deg has {lon.size} (need at least 2)")
+    dlon = float(np.median(np.diff(lon) % 360.0))
+    width = np.clip(nlon * np.deg2rad(dlon) * radius * np.cos(np.deg2rad(lat_rows)), 0.0, None)  # L per latitude
+    k = np.arange(nlon)
+    scale = width[:, None] / nlon * np.ones((1, nlon))  # [band lat, K]
+    if _is_torch(x):
+        import torch
+
+        power = dct_lon(x[..., rows, :]) ** 2
+        spectrum = (power * torch.as_tensor(scale, dtype=power.dtype, device=power.device)).mean(dim=-2)
+    else:
+        power = dct_lon(np.asarray(x)[..., rows, :]) ** 2
+        spectrum = (power * scale).mean(axis=-2)
+    with np.errstate(divide="ignore"):
+        wavelengths = np.where(k == 0, np.inf, 2 * width.mean() / np.maximum(k, 1))
     return k, wavelengths, spectrum

@@ -4,7 +4,8 @@ See ARCHITECTURE.md ("Dataset dir"). Everything that reads or writes that layout
 so the contract lives in one place::
 
     <dataset>/data.json      metadata: makani's keys (dataset_name, h5_path, dims, dhours, coords) and ours
-                             (format_version, source, splits, shards, gaps, channel_units)
+                             (format_version, source, splits, shards, gaps, channel_units; coords.lon_periodic:
+                             whether the grid wraps in longitude, see :func:`lon_wraps`)
     <dataset>/stats.h5       per-channel mean [C], std [C], diff_std [C];
                              optional climatology [doy, hour, C, lat, lon]
     <dataset>/<split>/*.h5   shards: `fields` float32 [time, channel, lat, lon], one time step per chunk;
@@ -77,6 +78,30 @@ def valid_sample_starts(time_hours: np.ndarray, dhours: int, rollout_steps: int)
 
 
 # ------------------------------------------------------------------------------------------------------------
+# grid
+
+
+def lon_wraps(lon_deg) -> bool:
+    """Whether longitudes ``lon_deg`` (degrees, in order, any range such as 0..360 or -180..180) close the circle.
+
+    They wrap when the gap from the last longitude east to the first is at most 1.5 times the grid spacing (the
+    median step), so 0, 2.5, ..., 357.5 wraps and so does a grid that repeats its first longitude at +360; a
+    regional grid (70W..10E) leaves a gap of hundreds of degrees and does not. Fewer than two longitudes never
+    wrap. The model masks the wrap of a grid that does not (``build_model(periodic_lon=...)``).
+    """
+    lon = np.asarray(lon_deg, dtype=np.float64).ravel()
+    if lon.size < 2:
+        return False
+    steps = np.diff(lon) % 360.0  # eastward steps, across a 360/0 or 180/-180 seam too
+    spacing = float(np.median(steps))
+    if spacing <= 0:
+        return False
+    span = float(steps.sum())
+    gap = 360.0 - span
+    return -0.5 * spacing <= gap <= 1.5 * spacing
+
+
+# ------------------------------------------------------------------------------------------------------------
 # data.json
 
 
@@ -104,6 +129,11 @@ class DatasetMeta:
     channel_units: dict[str, str] = dataclasses.field(default_factory=dict)
     grid_type: str = "equiangular"
     format_version: int = FORMAT_VERSION
+    lon_periodic: bool | None = None  # the grid wraps in longitude; None: decided from lon (lon_wraps)
+
+    def __post_init__(self) -> None:
+        if self.lon_periodic is None:  # datasets written before the key existed
+            self.lon_periodic = lon_wraps(self.lon)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -128,6 +158,7 @@ class DatasetMeta:
                 "lat": [float(x) for x in self.lat],
                 "lon": [float(x) for x in self.lon],
                 "channel": list(self.channels),
+                "lon_periodic": bool(self.lon_periodic),
             },
             # ours
             "format_version": self.format_version,
@@ -166,6 +197,7 @@ class DatasetMeta:
             lon=list(j.coords.lon),
             channels=list(j.coords.channel),
             grid_type=j.coords.grid_type,
+            lon_periodic=j.coords.lon_periodic,
             shards=[ShardInfo(**s.model_dump()) for s in j.shards],
             splits=d["splits"],
             source=d["source"],
@@ -186,6 +218,7 @@ class _CoordsJson(_Strict):
     lat: list[float]
     lon: list[float]
     channel: list[str]
+    lon_periodic: bool | None = None  # absent in datasets written before the key existed
 
 
 class _ShardJson(_Strict):

@@ -90,11 +90,13 @@ def count_params(cfg: SwinConfig, in_channels: int, static_channels: int = 0) ->
 
 
 def model_flops(cfg: SwinConfig, grid: tuple[int, int], in_channels: int, rollout_steps: int = 1,
-                static_channels: int = 0) -> ModelFlops:
+                static_channels: int = 0, periodic_lon: bool = True) -> ModelFlops:
     """Analytic parameters and FLOPs per sample of ``cfg`` on ``grid`` (n_lat, n_lon) with ``in_channels``.
 
     ``static_channels`` counts extra static fields given to ``build_model`` (land-sea mask, orography), on top
-    of the coordinate channels the config adds itself. See the module docstring for the convention.
+    of the coordinate channels the config adds itself. ``periodic_lon=False`` (a regional grid) adds the mask
+    of the longitude wrap to shifted blocks, as ``build_model`` does. See the module docstring for the
+    convention.
     """
     if not isinstance(rollout_steps, int) or rollout_steps < 1:
         from wxscale.errors import ConfigError
@@ -117,11 +119,12 @@ def model_flops(cfg: SwinConfig, grid: tuple[int, int], in_channels: int, rollou
         "head": 2 * t * d * c_out,
     }
     # Blocks that pass a bias or mask to attention: all with a relative position bias or padding, else those
-    # whose shifted windows wrap in latitude (they need the north/south mask); mirrors SwinBlock in
-    # model/swin.py.
+    # whose shifted windows wrap in latitude, or in longitude on a regional grid (they need the wrap mask);
+    # mirrors SwinBlock and window_mask in model/swin.py.
     padded = tp != t
-    lat_shifted = sum(1 for i in range(n) if cfg.shift and i % 2 == 1 and cfg.window[0] > 1)
-    masked_blocks = n if (cfg.rel_pos_bias or padded) else lat_shifted
+    wraps_masked = cfg.window[0] > 1 or (not periodic_lon and cfg.window[1] > 1)
+    shifted_masked = sum(1 for i in range(n) if cfg.shift and i % 2 == 1 and wraps_masked)
+    masked_blocks = n if (cfg.rel_pos_bias or padded) else shifted_masked
     norm_cost = _NORM_COST[cfg.norm]
     other = {
         "norm": norm_cost * ((2 * n + 1) * t * d + (n * 2 * tp * d if cfg.qk_norm else 0)),

@@ -5,11 +5,12 @@ resolution (no patch merging) -> linear head back to the grid. Each block is pre
 self-attention followed by a pre-norm MLP (Liu et al. 2021, "Swin Transformer"); every second block shifts
 its windows by half a window so information moves between windows. On the sphere:
 
-- longitude is periodic: the shift rolls the token grid (a precomputed gather, like ``torch.roll``), so a
-  shifted window wraps the date line;
+- longitude is periodic on a global grid: the shift rolls the token grid (a precomputed gather, like
+  ``torch.roll``), so a shifted window wraps the date line;
 - latitude is not: rows rolled from the north edge to the south edge form their own region, and a mask keeps
-  them from attending to the south rows they now share a window with (Swin's cyclic-shift mask, in latitude
-  only);
+  them from attending to the south rows they now share a window with (Swin's cyclic-shift mask);
+- on a regional grid (``periodic_lon=False``) longitude is masked the same way: the columns rolled from the
+  west edge to the east edge form their own region, so nothing travels between the two edges;
 - a token grid that is not a multiple of the window is padded at its south and east ends, and the padding is
   masked out of attention as keys (its query rows are never gathered back).
 
@@ -86,23 +87,28 @@ def unpatchify(t: torch.Tensor, p: int, c: int) -> torch.Tensor:
     return t.reshape(b, c, ht * p, wt * p)
 
 
-def window_mask(layout: GridLayout, window: tuple[int, int], lat_shift: int) -> torch.Tensor | None:
+def window_mask(layout: GridLayout, window: tuple[int, int], shift: tuple[int, int],
+                periodic_lon: bool = True) -> torch.Tensor | None:
     """``[n_windows, S, S]`` bool, True where query token q may attend to key token k; None if all may.
 
-    Built on the token grid as a block sees it: rolled north by ``lat_shift`` rows, then padded south and
-    east. Region ids: 0 for ordinary tokens, 1 for the rows that wrapped from the north edge to the south, -1
-    for padding. A real query attends only to keys of its own region; padding queries attend to everything
-    (their output is cropped; a row with every key masked would give NaN, which would poison the backward
-    pass).
+    Built on the token grid as a block sees it: rolled north by ``shift[0]`` rows and west by ``shift[1]``
+    columns, then padded south and east. Region ids: 0 for ordinary tokens, +1 for the rows that wrapped from
+    the north edge to the south, +2 for the columns that wrapped from the west edge to the east when longitude
+    is not periodic, -1 for padding. A real query attends only to keys of its own region; padding queries
+    attend to everything (their output is cropped; a row with every key masked would give NaN, which would
+    poison the backward pass).
     """
     (ht, wt), (hp, wp) = layout.tokens, layout.padded_tokens
-    if lat_shift == 0 and (ht, wt) == (hp, wp):
+    lat_shift, lon_shift = shift[0], 0 if periodic_lon else shift[1]
+    if lat_shift == 0 and lon_shift == 0 and (ht, wt) == (hp, wp):
         return None
     region = torch.zeros(hp, wp, dtype=torch.long)
+    if lat_shift:
+        region[ht - lat_shift:ht, :wt] += 1
+    if lon_shift:
+        region[:ht, wt - lon_shift:wt] += 2
     region[ht:, :] = -1
     region[:, wt:] = -1
-    if lat_shift:
-        region[ht - lat_shift:ht, :wt] = 1
     wh, ww = window
     win = region.view(hp // wh, wh, wp // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
     same = win[:, :, None] == win[:, None, :]
@@ -114,9 +120,10 @@ def window_index(layout: GridLayout, window: tuple[int, int],
     """Gather indices between the token grid and the windows of a block.
 
     ``win_index`` [n_windows * S]: for each window slot (windows in row-major order, tokens row-major inside),
-    the flat token index it holds, after rolling the grid by ``-shift`` (periodic in longitude; in latitude the
-    wrapped rows are masked by :func:`window_mask`) and padding it south and east. Padding slots point at token 0:
-    they are masked as keys and their outputs are never gathered back. ``tok_index`` [T]: the slot of each token.
+    the flat token index it holds, after rolling the grid by ``-shift`` (the wrapped rows, and the wrapped
+    columns of a regional grid, are masked by :func:`window_mask`) and padding it south and east. Padding slots
+    point at token 0: they are masked as keys and their outputs are never gathered back. ``tok_index`` [T]: the
+    slot of each token.
     """
     (ht, wt), (hp, wp) = layout.tokens, layout.padded_tokens
     wh, ww = window
@@ -159,7 +166,7 @@ class MLP(nn.Module):
 class SwinBlock(nn.Module):
     """Pre-norm (shifted-)window attention and MLP on a ``[B, Ht, Wt, D]`` token grid."""
 
-    def __init__(self, cfg: SwinConfig, layout: GridLayout, shifted: bool) -> None:
+    def __init__(self, cfg: SwinConfig, layout: GridLayout, shifted: bool, periodic_lon: bool = True) -> None:
         super().__init__()
         d, self.n_heads = cfg.embed_dim, cfg.num_heads
         self.window, self.layout = cfg.window, layout
@@ -178,7 +185,7 @@ class SwinBlock(nn.Module):
             self.register_buffer("rel_index", relative_position_index(cfg.window), persistent=False)
         else:
             self.rel_bias = None
-        mask = window_mask(layout, cfg.window, self.shift[0])
+        mask = window_mask(layout, cfg.window, self.shift, periodic_lon)
         # Additive form (0 or -inf) so it sums with the position bias; bool when there is no bias to add.
         if mask is not None and cfg.rel_pos_bias:
             mask = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
@@ -226,16 +233,19 @@ class SwinBlock(nn.Module):
 class SwinEmulator(nn.Module):
     """Patch embedding -> ``depth`` Swin blocks -> norm -> linear head; see the module docstring."""
 
-    def __init__(self, cfg: SwinConfig, grid: tuple[int, int], in_channels: int, static: np.ndarray) -> None:
+    def __init__(self, cfg: SwinConfig, grid: tuple[int, int], in_channels: int, static: np.ndarray,
+                 periodic_lon: bool = True) -> None:
         super().__init__()
         self.cfg, self.grid, self.in_channels = cfg, tuple(grid), in_channels
+        self.periodic_lon = bool(periodic_lon)
         self.layout = grid_layout(cfg, self.grid)
         self.static_channels = static.shape[0] - cfg.coord_channels  # extra static fields beyond coordinates
         self.register_buffer("static", torch.from_numpy(static), persistent=False)
         p, d = cfg.patch, cfg.embed_dim
         self.embed = nn.Linear((in_channels + static.shape[0]) * p * p, d)
         self.blocks = nn.ModuleList(
-            SwinBlock(cfg, self.layout, shifted=cfg.shift and i % 2 == 1) for i in range(cfg.depth))
+            SwinBlock(cfg, self.layout, shifted=cfg.shift and i % 2 == 1, periodic_lon=self.periodic_lon)
+            for i in range(cfg.depth))
         self.norm = make_norm(cfg.norm, d)
         self.head = nn.Linear(d, in_channels * p * p)
         self.apply(self._init_weights)
@@ -252,7 +262,8 @@ class SwinEmulator(nn.Module):
 
     def flops(self, rollout_steps: int = 1) -> ModelFlops:
         """Analytic parameter and FLOP counts of this network (see :mod:`wxscale.model.flops`)."""
-        return model_flops(self.cfg, self.grid, self.in_channels, rollout_steps, self.static_channels)
+        return model_flops(self.cfg, self.grid, self.in_channels, rollout_steps, self.static_channels,
+                           periodic_lon=self.periodic_lon)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -275,12 +286,16 @@ class SwinEmulator(nn.Module):
 
 
 def build_model(cfg: SwinConfig, grid: tuple[int, int], in_channels: int, lat_deg: np.ndarray | None = None,
-                lon_deg: np.ndarray | None = None, static: np.ndarray | None = None) -> SwinEmulator:
+                lon_deg: np.ndarray | None = None, static: np.ndarray | None = None,
+                periodic_lon: bool = True) -> SwinEmulator:
     """The emulator for ``grid`` = (n_lat, n_lon) and ``in_channels`` state channels.
 
     ``lat_deg``/``lon_deg`` (1-d, degrees; default: a regular grid, north to south) give the coordinate
-    channels; ``static`` ``[S, n_lat, n_lon]`` adds extra static fields (land-sea mask, orography). Weights
-    are initialised from torch's global RNG, so ``torch.manual_seed`` makes them reproducible.
+    channels; ``static`` ``[S, n_lat, n_lon]`` adds extra static fields (land-sea mask, orography).
+    ``periodic_lon=False`` is for a regional grid, whose east and west edges are not neighbours: shifted
+    windows then mask the longitude wrap as they mask the latitude wrap (the caller says which; the dataset
+    dir records it). Weights are initialised from torch's global RNG, so ``torch.manual_seed`` makes them
+    reproducible.
     """
     if not isinstance(cfg, SwinConfig):
         raise ConfigError(f"build_model needs a SwinConfig (use resolve_config), got {type(cfg).__name__}")
@@ -301,4 +316,6 @@ def build_model(cfg: SwinConfig, grid: tuple[int, int], in_channels: int, lat_de
             raise ConfigError(f"static fields have shape {static.shape}: need [S, {grid[0]}, {grid[1]}]")
         if not np.isfinite(static).all():
             raise ConfigError("static fields contain NaN or inf: fill them before building the model")
-    return SwinEmulator(cfg, grid, in_channels, static_fields(cfg.coords, lat, lon, static))
+    if not isinstance(periodic_lon, (bool, np.bool_)):
+        raise ConfigError(f"periodic_lon={periodic_lon!r}: must be true or false")
+    return SwinEmulator(cfg, grid, in_channels, static_fields(cfg.coords, lat, lon, static), bool(periodic_lon))

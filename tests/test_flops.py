@@ -30,10 +30,26 @@ CASES = [
 
 @pytest.mark.parametrize("size, overrides, grid, channels, rollout", CASES)
 def test_formula_matches_torch_flop_counter(size, overrides, grid, channels, rollout):
-    cfg = resolve_config(size, overrides)
+    _check_against_counter(resolve_config(size, overrides), grid, channels, rollout)
+
+
+# Shapes the ladder fits to odd regional grids (model.config.fit_window_patch): patch 1 with one 13x17 window,
+# patch 2 with one 9x17 window, patch 1 with 17x25 windows on a padded 34x50 token grid; regional masks.
+FITTED = [("s1", (13, 17), 2, 1), ("s2", (17, 33), 1, 2), ("s0", (33, 49), 3, 1)]
+
+
+@pytest.mark.parametrize("size, grid, channels, rollout", FITTED)
+def test_formula_matches_torch_flop_counter_on_fitted_shapes(size, grid, channels, rollout):
+    cfg = resolve_config(size, grid=grid)
+    assert (cfg.patch, cfg.window) != (4, (4, 8))  # the ladder's own shape does not fit these grids
+    _check_against_counter(cfg, grid, channels, rollout, periodic_lon=False)
+
+
+def _check_against_counter(cfg, grid, channels, rollout, periodic_lon=True):
     torch.manual_seed(0)
-    net = build_model(cfg, grid, channels)
-    f = model_flops(cfg, grid, channels, rollout_steps=rollout)
+    net = build_model(cfg, grid, channels, periodic_lon=periodic_lon)
+    f = model_flops(cfg, grid, channels, rollout_steps=rollout, periodic_lon=periodic_lon)
+    assert sum(p.numel() for p in net.parameters()) == f.params
     batch = 2
     x = torch.randn(batch, channels, *grid, requires_grad=True)  # so the first layer's input gradient exists
     with torch_flop_counter() as fc:
@@ -99,6 +115,20 @@ def test_model_list_command_prints_every_size():
     assert [r["size"] for r in rows] == list(LADDER)
     f = model_flops(LADDER["s3"], (32, 64), 3, rollout_steps=2)
     assert int(rows[3]["train_flops_per_sample"]) == f.train_flops_per_sample
+    assert {r["window"] for r in rows} == {"4x8"} and {float(r["pad_fraction"]) for r in rows} == {0.0}
+    # A regional grid the ladder's window does not fit: the fitted shape, its FLOPs and its padding are listed.
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert run(parser.parse_args(["--grid", "17x33", "--channels", "1", "--csv"])) == 0
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    cfg = resolve_config("s3", grid=(17, 33))
+    assert (rows[3]["window"], int(rows[3]["patch"])) == ("9x17", 2) == (f"{cfg.window[0]}x{cfg.window[1]}", cfg.patch)
+    assert int(rows[3]["train_flops_per_sample"]) == model_flops(cfg, (17, 33), 1).train_flops_per_sample
+    assert float(rows[3]["pad_fraction"]) == pytest.approx(1 - 17 * 33 / (18 * 34), abs=1e-4)
+    out = io.StringIO()
+    with redirect_stdout(out):  # the table shows the padding in per cent
+        assert run(parser.parse_args(["--grid", "17x33", "--channels", "1"])) == 0
+    assert "pad %" in out.getvalue() and " 8.3" in out.getvalue()
     from wxscale.errors import WxscaleError
     with pytest.raises(WxscaleError, match="--grid"):
         run(parser.parse_args(["--grid", "32by64"]))

@@ -240,7 +240,7 @@ def test_leftovers_of_an_interrupted_prep_are_named_and_removed(tmp_path, capsys
     src = tmp_path / "in.nc"
     weather().to_netcdf(src)
     out = tmp_path / "d"
-    stale = [tmp_path / ".d.k1ll3d.partial", tmp_path / ".d.x7.partial"]
+    stale = [tmp_path / ".d.k1ll3d_a.partial", tmp_path / ".d.x7abcdef.partial"]  # mkdtemp names: 8 random chars
     for s in stale:
         (s / "train").mkdir(parents=True)
     other = tmp_path / ".other.abc.partial"  # another dataset's leftover is not ours to remove

@@ -81,3 +81,37 @@ def test_mix_and_rollout():
     s = 0.9
     g = ((2 * (s - 0.5) * x * x).mean() + (2 * (s * s - 0.25) * 2 * s * x * x).mean()) / 2
     assert scale.grad == pytest.approx(float(g), rel=1e-5)
+
+
+@pytest.mark.parametrize("n_lon", [17, 16])
+def test_regional_amse_keeps_its_properties_with_the_dct(n_lon):
+    # On a grid that does not wrap, AMSE uses the DCT: Parseval still makes a damped forecast cost its MSE.
+    torch.manual_seed(4)
+    t = torch.randn(2, 3, 5, n_lon, dtype=torch.float64)
+    w = _w(5)
+    assert amse(t, t, w, periodic_lon=False) == pytest.approx(0.0, abs=1e-9)
+    assert amse(0.5 * t, t, w, periodic_lon=False) == pytest.approx(float(mse(0.5 * t, t, w)), rel=1e-9)
+    p = torch.randn_like(t, requires_grad=True)
+    loss = amse(p, t, w, periodic_lon=False)
+    assert loss > mse(p, t, w)
+    loss.backward()
+    assert torch.isfinite(p.grad).all()
+    # It is another loss than the periodic one, and step_loss passes the choice on.
+    with torch.no_grad():
+        assert float(amse(p, t, w, periodic_lon=False)) != pytest.approx(float(amse(p, t, w)), rel=1e-3)
+        assert step_loss(w, 1.0, periodic_lon=False)(p, t) == amse(p, t, w, periodic_lon=False)
+
+
+def test_regional_amse_does_not_see_the_edge_jump():
+    # A zonal gradient across a regional domain. The FFT reads the jump from the east edge back to the west as
+    # power at every wavenumber, so a forecast that adds a spurious small-scale wave looks coherent with the
+    # truth there and costs little more than its MSE. With the DCT the truth (a ramp: odd modes only) has no
+    # power at the wave's even mode, so the spurious wave costs what AMSE charges for power the truth lacks:
+    # (|x| - 0)^2 + 2 |x|^2 (1 - 0) = 3 x its MSE.
+    n_lon = 32
+    ramp = torch.linspace(-1, 1, n_lon, dtype=torch.float64).expand(1, 1, 4, n_lon)
+    j = torch.arange(n_lon, dtype=torch.float64)
+    p = ramp + 0.05 * torch.cos(torch.pi * (j + 0.5) * 24 / n_lon)  # DCT mode 24 (12 whole waves)
+    m = float(mse(p, ramp))
+    assert amse(p, ramp, periodic_lon=False) == pytest.approx(3 * m, rel=1e-3)
+    assert amse(p, ramp) < 1.5 * m

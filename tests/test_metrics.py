@@ -7,6 +7,7 @@ from wxscale.metrics import (
     EARTH_RADIUS_M,
     acc,
     area_weights,
+    dct_lon,
     lat_weighted_rmse,
     rmse_over_time,
     weighted_mse,
@@ -136,3 +137,38 @@ def test_spectrum_rejects_mismatched_latitudes():
         zonal_energy_spectrum(np.zeros((4, 8)), np.linspace(-60, 60, 5))
     with pytest.raises(ValueError, match="band"):
         zonal_energy_spectrum(np.zeros((5, 8)), np.linspace(-60, 60, 5), lat_band=(70, 80))
+
+
+def test_dct_lon_is_scipys_orthonormal_dct_for_numpy_and_torch():
+    from scipy.fft import dct
+
+    x = np.random.default_rng(0).normal(size=(3, 5, 17))
+    assert np.allclose(dct_lon(x), dct(x, type=2, norm="ortho", axis=-1))
+    assert np.allclose(dct_lon(torch.tensor(x)).numpy(), dct_lon(x))
+
+
+@pytest.mark.parametrize("nlon", [33, 32])
+def test_regional_spectrum_uses_the_dct_and_keeps_parseval(nlon):
+    # The North Atlantic file's grid: 17 x 33 points at 2.5 deg, 30-70N, 70W-10E, longitude not periodic.
+    lat, lon = np.linspace(70, 30, 17), -70 + 2.5 * np.arange(nlon)
+    width = nlon * np.deg2rad(2.5) * EARTH_RADIUS_M * np.cos(np.deg2rad(lat))
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(2, lat.size, nlon))
+    k, wl, s = zonal_energy_spectrum(y, lat, periodic_lon=False, lon_deg=lon)
+    assert k.size == nlon and s.shape == (2, nlon)
+    # Parseval per latitude: sum_k S(k) = L mean_lon(x^2), L the domain's width there.
+    for j in (0, 8, 16):
+        _, _, sj = zonal_energy_spectrum(y[:, j:j + 1], lat[j:j + 1], periodic_lon=False, lon_deg=lon)
+        assert np.allclose(sj.sum(axis=-1), width[j] * (y[:, j] ** 2).mean(axis=-1))
+    assert wl[3] == pytest.approx(2 * width.mean() / 3) and np.isinf(wl[0])
+    _, _, st = zonal_energy_spectrum(torch.tensor(y), lat, periodic_lon=False, lon_deg=torch.tensor(lon))
+    assert np.allclose(st.numpy(), s)
+    # A zonal gradient across the domain: the FFT reads the east-west edge jump as power at every wavenumber
+    # (it falls off like k^-2); the DCT, with no jump to see, leaves the upper half of the spectrum ~ k^-4 lower.
+    ramp = np.linspace(0, 1, nlon)[None, :] * np.ones((lat.size, 1))
+    _, _, s_dct = zonal_energy_spectrum(ramp - 0.5, lat, periodic_lon=False, lon_deg=lon)
+    _, _, s_fft = zonal_energy_spectrum(ramp - 0.5, lat)
+    upper = lambda sp: sp[sp.size // 2:].sum() / sp.sum()  # noqa: E731
+    assert upper(s_dct) < 1e-3 < 0.02 < upper(s_fft)
+    with pytest.raises(ValueError, match="lon_deg"):
+        zonal_energy_spectrum(y, lat, periodic_lon=False)

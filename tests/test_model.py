@@ -180,3 +180,125 @@ def test_wrong_input_shape_is_reported():
     net = build_model(tiny(), (16, 32), 3)
     with pytest.raises(ValueError, match=r"\[B, 3, 16, 32\]"):
         net(torch.randn(1, 3, 16, 16))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Regional grids: no information crosses the east-west edge
+
+
+@pytest.mark.parametrize("n_lon", [64, 66])  # 66: a token grid (33 columns) padded to the window (36)
+def test_regional_grid_keeps_east_and_west_edges_apart(n_lon):
+    # 8 x 32(33) tokens, window 2 x 4, four blocks: from a west-edge perturbation the interior path reaches token
+    # column 9 at most, so the east quarter can only hear of it through the shifted windows' longitude wrap.
+    x = torch.randn(1, 3, 16, n_lon)
+    east, west = slice(n_lon - 16, n_lon), slice(0, 16)
+    for periodic in (False, True):
+        torch.manual_seed(0)
+        net = build_model(tiny(depth=4), (16, n_lon), 3, periodic_lon=periodic).eval()
+        from_west = _influence(net, x, cols=slice(0, 2))[:, east].max()
+        from_east = _influence(net, x, cols=slice(n_lon - 2, n_lon))[:, west].max()
+        if periodic:  # a global grid still wraps the date line
+            assert from_west > 1e-6 and from_east > 1e-6
+        else:
+            assert from_west == 0 and from_east == 0
+
+
+def test_regional_mask_without_position_bias_and_its_flops():
+    # Without a position bias or padding, only the longitude wrap needs a mask on a window one row high.
+    cfg = tiny(window=(1, 4), depth=2, rel_pos_bias=False)
+    glob = build_model(cfg, (16, 32), 3)
+    reg = build_model(cfg, (16, 32), 3, periodic_lon=False)
+    assert glob.blocks[1].mask is None and reg.blocks[1].mask is not None and reg.blocks[0].mask is None
+    extra = reg.flops().forward_other_flops - glob.flops().forward_other_flops
+    assert extra == reg.layout.n_windows * cfg.num_heads * 4 * 4  # one mask add per score of the shifted block
+    with pytest.raises(ConfigError, match="periodic_lon"):
+        build_model(cfg, (16, 32), 3, periodic_lon="no")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The ladder's window and patch fitted to the grid (issue 18)
+
+from wxscale.model.config import MAX_PADDING, fit_window_patch, grid_layout, min_grid  # noqa: E402
+
+ODD_GRIDS = [(13, 17), (17, 33), (33, 49), (181, 360), (33, 36), (20, 28), (61, 120), (121, 240), (9, 17)]
+
+
+def _grids_8x16_to_721x1440():
+    """Every latitude size with a spread of longitude sizes, every longitude size with a spread of latitude
+    sizes, the corners, and the odd sizes of real files."""
+    lats, lons = range(8, 722), range(16, 1441)
+    out = {(h, w) for h in lats for w in (16, 17, 33, 49, 64, 100, 360, 1439, 1440)}
+    out |= {(h, w) for w in lons for h in (8, 9, 13, 17, 33, 181, 720, 721)}
+    out |= {(h, w) for h in range(8, 722, 23) for w in range(16, 1441, 37)}
+    return sorted(out | set(ODD_GRIDS))
+
+
+def test_every_grid_from_8x16_to_721x1440_gets_a_small_padding_fit():
+    extent = np.array([16, 32])  # the ladder's window in grid points: 4x8 tokens at patch 4
+    for grid in _grids_8x16_to_721x1440():
+        patch, window = fit_window_patch(grid)
+        lay = grid_layout(SwinConfig(embed_dim=16, depth=2, num_heads=1, patch=patch, window=window), grid)
+        assert lay.padding_fraction <= MAX_PADDING, (grid, patch, window)
+        assert patch in (4, 2, 1)
+        # The window keeps its extent in grid points within a factor 2, or is the whole axis of a small grid.
+        span = np.array(window) * patch
+        whole = np.array(window) == np.array(lay.tokens)
+        assert np.all(((span >= extent / 2) & (span <= 2 * extent)) | whole), (grid, patch, window)
+    assert fit_window_patch((13, 17)) == fit_window_patch((13, 17))  # deterministic (no state, no randomness)
+
+
+def test_fit_keeps_the_ladder_shape_where_it_suits_and_changes_it_where_not():
+    for grid in [(32, 64), (64, 128), (720, 1440), (721, 1440), (16, 32)]:
+        assert fit_window_patch(grid) == (4, (4, 8)), grid
+    # The issue's cases: the default 4x8 window does not fit 13x17 at patch 4 (4x5 tokens).
+    assert fit_window_patch((13, 17)) == (1, (13, 17))
+    assert fit_window_patch((17, 33)) == (2, (9, 17))
+    assert fit_window_patch((33, 49)) == (1, (17, 25))
+    assert fit_window_patch((181, 360)) == (4, (4, 9))  # 4x8 would pad 11.6 %; 9 divides 90 token columns
+
+
+def test_every_ladder_size_fits_the_odd_grids_and_builds():
+    from wxscale.model.config import LADDER as ladder
+
+    for grid in ODD_GRIDS:
+        shapes = {(resolve_config(n, grid=grid).patch, resolve_config(n, grid=grid).window) for n in ladder}
+        assert shapes == {fit_window_patch(grid)}, grid  # one shape for the whole ladder on a grid
+        for name in ladder:
+            cfg = resolve_config(name, grid=grid)
+            assert model_flops(cfg, grid, 2).params == count_params(cfg, 2)
+    for grid, name in [((13, 17), "s1"), ((17, 33), "s0"), ((33, 49), "s0")]:  # build only a few
+        cfg = resolve_config(name, grid=grid)
+        net = build_model(cfg, grid, 2, periodic_lon=False)
+        assert sum(p.numel() for p in net.parameters()) == model_flops(cfg, grid, 2).params
+        with torch.no_grad():
+            assert net(torch.randn(1, 2, *grid)).shape == (1, 2, *grid)
+
+
+def test_small_grids_are_refused_naming_the_smallest_supported():
+    assert min_grid() == (8, 16)
+    for grid in [(7, 16), (8, 15), (4, 4)]:
+        with pytest.raises(ConfigError, match="8x16"):
+            resolve_config("s0", grid=grid)
+    # Given both patch and window, a user may still go below it.
+    cfg = resolve_config("s0", {"patch": 1, "window": [2, 2]}, grid=(4, 4))
+    assert (cfg.patch, cfg.window) == (1, (2, 2))
+
+
+def test_overrides_fix_the_window_or_the_patch():
+    from wxscale.model.config import overrides_for_grid
+
+    # A fixed window: the patch is fitted to it. Window 2x4 on 13x17 pads 57 % at patch 4, 42 % at 2 and 21 %
+    # at 1: no patch gets under MAX_PADDING, so the least padding wins.
+    cfg = resolve_config("s2", {"window": [2, 4]}, grid=(13, 17))
+    assert (cfg.window, cfg.patch) == ((2, 4), 1)
+    # A fixed patch: the window is fitted at that patch, aiming at the ladder's 4x8 tokens.
+    cfg = resolve_config("s2", {"patch": 2}, grid=(32, 64))
+    assert (cfg.patch, cfg.window) == (2, (4, 8))  # the ladder's window fits: kept
+    cfg = resolve_config("s2", {"patch": 2}, grid=(13, 17))
+    assert cfg.patch == 2 and cfg.window == (7, 9)  # 7x9 tokens: one window, no padding beyond the patch's
+    assert resolve_config("s2", {"patch": 3, "window": [2, 2]}, grid=(13, 17)).window == (2, 2)
+    # What a run records: only what differs from the ladder, and it rebuilds the same shape without the grid.
+    rec = overrides_for_grid("s3", {"qk_norm": True}, (17, 33))
+    assert rec == {"qk_norm": True, "patch": 2, "window": [9, 17]}
+    assert resolve_config("s3", rec) == resolve_config("s3", {"qk_norm": True}, grid=(17, 33))
+    assert overrides_for_grid("s3", {}, (32, 64)) == {}

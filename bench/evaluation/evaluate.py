@@ -18,7 +18,8 @@ physical units before scoring. Scores follow WeatherBench 2 (Rasp et al. 2024), 
   anomaly is zero everywhere, so its ACC is 0/0: reported as 0, the skill of a forecast with no anomaly);
 - zonal energy spectra of forecast and truth at a few leads, averaged over inits and over a latitude band
   (default 30-60 N; the whole grid when no latitude lies in it). A blurry forecast loses power at high
-  wavenumbers.
+  wavenumbers. On a regional grid (data.json ``coords.lon_periodic`` false) the spectra use the DCT
+  (``wxscale.metrics.zonal_energy_spectrum``): wavenumber k is then k half-waves across the domain.
 
 Writes into ``--out`` (default ``RUN/eval``), each file atomically: rmse.csv and acc.csv (channel, lead_hours,
 model, persistence, climatology), spectra.csv (channel, lead_hours, wavenumber, wavelength_km, forecast, truth;
@@ -183,7 +184,7 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None, dataset: str | 
     dev = _device(device)
 
     # The same construction as the trainer's: ladder size + overrides, grid and coordinates from data.json.
-    swin = resolve_config(cfg.model.size, cfg.model.overrides or None)
+    swin = resolve_config(cfg.model.size, cfg.model.overrides or None, grid=meta.grid)
     state, cmeta = load_checkpoint(ckpt, map_location="cpu")
     if cmeta.get("channels") != list(meta.channels):
         raise ConfigError(f"checkpoint {ckpt} was trained on channels {cmeta.get('channels')} but {dataset_dir} "
@@ -193,7 +194,7 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None, dataset: str | 
                           f"{run_dir / 'config.yaml'} describes (model.size={cfg.model.size}, overrides "
                           f"{cfg.model.overrides})")
     net = build_model(swin, grid=meta.grid, in_channels=meta.n_channels, lat_deg=np.asarray(meta.lat),
-                      lon_deg=np.asarray(meta.lon))
+                      lon_deg=np.asarray(meta.lon), periodic_lon=meta.lon_periodic)
     try:
         net.load_state_dict(state["model"])
     except RuntimeError as err:
@@ -365,8 +366,9 @@ def evaluate_model(model: Callable, dataset_dir: str | Path, *, split: str = "te
                 ac["model"] += acc(f, o, c, w) * B
                 ac["persistence"] += acc(np.broadcast_to(p, o.shape), o, c, w) * B
             if spec_steps:
-                _, _, sf = zonal_energy_spectrum(f[:, spec_steps], lat, lat_band=band)  # [B, S, C, K]
-                kk, wl, st = zonal_energy_spectrum(o[:, spec_steps], lat, lat_band=band)
+                zonal = dict(lat_band=band, periodic_lon=meta.lon_periodic, lon_deg=meta.lon)  # DCT if regional
+                _, _, sf = zonal_energy_spectrum(f[:, spec_steps], lat, **zonal)  # [B, S, C, K]
+                kk, wl, st = zonal_energy_spectrum(o[:, spec_steps], lat, **zonal)
                 spec_f = sf.sum(axis=0) if spec_f is None else spec_f + sf.sum(axis=0)
                 spec_t = st.sum(axis=0) if spec_t is None else spec_t + st.sum(axis=0)
             n += B

@@ -73,14 +73,16 @@ class SweepSpec:
 
 
 def size_costs(spec: SweepSpec) -> pd.DataFrame:
-    """Parameters and training FLOPs per sample of each candidate size on the spec's grid (analytic counts)."""
+    """Parameters and training FLOPs per sample of each candidate size on the spec's grid (analytic counts), with
+    the patch and window the ladder fits to that grid (as the trainer will)."""
     from wxscale.model import model_flops, resolve_config
 
     rows = []
     for name in spec.sizes:
-        cfg = resolve_config(name, spec.model_overrides or None)
+        cfg = resolve_config(name, spec.model_overrides or None, grid=spec.grid)
         f = model_flops(cfg, spec.grid, spec.channels, rollout_steps=1)
-        rows.append({"size": name, "params": f.params, "flops_per_sample": f.train_flops_per_sample})
+        rows.append({"size": name, "params": f.params, "flops_per_sample": f.train_flops_per_sample,
+                     "patch": cfg.patch, "window": f"{cfg.window[0]}x{cfg.window[1]}"})
     return pd.DataFrame(rows)
 
 
@@ -112,6 +114,8 @@ def plan_sweep(spec: SweepSpec) -> tuple[pd.DataFrame, dict[str, float]]:
                 "schedule": f"wsd-{spec.cooldown_shape}",
                 "size": c.size,
                 "steps": int(steps),
+                "patch": int(c.patch),
+                "window": c.window,
             })
         if n_fit == 0:
             need = ", ".join(f"{c.size}: {budget / c.flops_per_sample / b:.3g}" for c in costs.itertuples())

@@ -1,5 +1,8 @@
 """Training losses: latitude-weighted MSE, the adjusted MSE (AMSE) of Subich et al. 2025, autoregressive rollouts.
 
+On a regional grid (``periodic_lon=False``) AMSE decomposes longitude with the orthonormal DCT-II instead of the
+FFT, which would read the east-west edge jump as spectral error (see :func:`amse`).
+
 All losses are computed in float32 (float64 if given) whatever the autocast dtype (FFTs have no bf16 kernels
 on CPU, and a loss summed in bf16 loses the small differences a cooldown is after).
 """
@@ -10,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from wxscale.metrics import dct_lon
 
 
 def _full(t: Tensor) -> Tensor:
@@ -31,7 +36,8 @@ def mse(pred: Tensor, target: Tensor, lat_weights: Tensor | None = None) -> Tens
     return (diff2.mean(dim=-1) * w).sum(dim=-1).mean()
 
 
-def amse(pred: Tensor, target: Tensor, lat_weights: Tensor | None = None, eps: float = 1e-12) -> Tensor:
+def amse(pred: Tensor, target: Tensor, lat_weights: Tensor | None = None, eps: float = 1e-12,
+         periodic_lon: bool = True) -> Tensor:
     """Adjusted MSE (Subich et al. 2025, "Fixing the Double Penalty in Data-Driven Weather Forecasting Through a
     Modified Spherical Harmonic Loss Function"), with the zonal wavenumber k in place of the spherical degree l.
 
@@ -45,32 +51,45 @@ def amse(pred: Tensor, target: Tensor, lat_weights: Tensor | None = None, eps: f
     summed over k, averaged over batch and channels. MSE_k is the same with ||x|| ||y|| in place of the max, so
     AMSE >= MSE, with equality when the forecast is a positive multiple of the truth. The norms are
     sqrt(||.||^2 + eps): finite gradients at zero spectra and no 0/0 in the coherence (the seed code has no guard).
+
+    ``periodic_lon=False`` (a regional grid): the FFT assumes the row repeats, so the jump from the east edge
+    back to the west edge would count as error at every wavenumber. The row is decomposed with the orthonormal
+    DCT-II instead (its mirror-image extension has no jump; Denis et al. 2002, Mon. Wea. Rev. 130), c_k for
+    k = 0 .. n_lon - 1, each counted once with weight 1 / n_lon: Parseval again makes sum_k ||x_k - y_k||^2 the
+    latitude-weighted MSE, so AMSE >= MSE still holds, with equality for a positive multiple of the truth. The
+    coefficients are real, so a zonal shift changes c_k itself and is penalised more than with the FFT.
     """
-    x = torch.fft.rfft(_full(pred), dim=-1, norm="forward")  # [B, C, H, K]
-    y = torch.fft.rfft(_full(target), dim=-1, norm="forward")
-    n_lon, n_k = pred.shape[-1], x.shape[-1]
-    mult = torch.full((n_k,), 2.0, device=x.device, dtype=x.real.dtype)
-    mult[0] = 1.0
-    if n_lon % 2 == 0:
-        mult[-1] = 1.0  # the Nyquist wavenumber has no conjugate partner
+    n_lon = pred.shape[-1]
+    if periodic_lon:
+        x = torch.fft.rfft(_full(pred), dim=-1, norm="forward")  # [B, C, H, K]
+        y = torch.fft.rfft(_full(target), dim=-1, norm="forward")
+        mult = torch.full((x.shape[-1],), 2.0, device=x.device, dtype=x.real.dtype)
+        mult[0] = 1.0
+        if n_lon % 2 == 0:
+            mult[-1] = 1.0  # the Nyquist wavenumber has no conjugate partner
+        xs, ys = (x.real, x.imag), (y.real, y.imag)
+    else:
+        xs, ys = (dct_lon(_full(pred)),), (dct_lon(_full(target)),)  # [B, C, H, n_lon], real
+        mult = torch.full((n_lon,), 1.0 / n_lon, device=pred.device, dtype=xs[0].dtype)
     w = _lat_w(lat_weights, pred.shape[-2], pred)[:, None] * mult  # [H, K]
-    nx2 = (x.real.square() + x.imag.square()).mul(w).sum(dim=-2)  # [B, C, K]
-    ny2 = (y.real.square() + y.imag.square()).mul(w).sum(dim=-2)
-    cross = (x.real * y.real + x.imag * y.imag).mul(w).sum(dim=-2)
+    nx2 = sum(a.square() for a in xs).mul(w).sum(dim=-2)  # [B, C, K]
+    ny2 = sum(b.square() for b in ys).mul(w).sum(dim=-2)
+    cross = sum(a * b for a, b in zip(xs, ys)).mul(w).sum(dim=-2)
     nx, ny = torch.sqrt(nx2 + eps), torch.sqrt(ny2 + eps)
     coh = (cross / (nx * ny)).clamp(-1.0, 1.0)
     loss_k = (nx - ny).square() + 2.0 * torch.maximum(nx2, ny2) * (1.0 - coh)
     return loss_k.sum(dim=-1).mean()
 
 
-def step_loss(lat_weights: Tensor | None = None, amse_weight: float = 0.0,
-              amse_eps: float = 1e-12) -> Callable[[Tensor, Tensor], Tensor]:
-    """The per-step loss: (1 - w) MSE + w AMSE (w = amse_weight; w = 0 skips the FFTs)."""
+def step_loss(lat_weights: Tensor | None = None, amse_weight: float = 0.0, amse_eps: float = 1e-12,
+              periodic_lon: bool = True) -> Callable[[Tensor, Tensor], Tensor]:
+    """The per-step loss: (1 - w) MSE + w AMSE (w = amse_weight; w = 0 skips the FFTs; ``periodic_lon=False``:
+    the regional AMSE of :func:`amse`)."""
 
     def loss(pred: Tensor, target: Tensor) -> Tensor:
         out = mse(pred, target, lat_weights) if amse_weight < 1 else None
         if amse_weight > 0:
-            a = amse(pred, target, lat_weights, amse_eps)
+            a = amse(pred, target, lat_weights, amse_eps, periodic_lon)
             out = a if out is None else (1 - amse_weight) * out + amse_weight * a
         return out
 

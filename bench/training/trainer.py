@@ -266,18 +266,21 @@ class Trainer:
                               "set data.channels to the dataset's channels (in that order) or use another dataset")
 
         # --- model and FLOPs
-        from wxscale.model import build_model, model_flops, resolve_config
+        from wxscale.model import build_model, model_flops, overrides_for_grid, resolve_config
 
-        self.swin = resolve_config(cfg.model.size, cfg.model.overrides or None)
         grid, n_ch = self.meta.grid, len(self.channels)
+        # The window and patch the ladder fits to this grid go into the config, so config.yaml records them.
+        cfg.model.overrides = overrides_for_grid(cfg.model.size, cfg.model.overrides, grid)
+        self.swin = resolve_config(cfg.model.size, cfg.model.overrides or None)
         self.k = cfg.loss.rollout_steps
-        self.flops_info = model_flops(self.swin, grid, n_ch, rollout_steps=self.k)
+        self.flops_info = model_flops(self.swin, grid, n_ch, rollout_steps=self.k,
+                                      periodic_lon=self.meta.lon_periodic)
         self.flops_per_sample = int(self.flops_info.train_flops_per_sample)
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % 2**32)
         random.seed(cfg.run.seed)
         self.net = build_model(self.swin, grid=grid, in_channels=n_ch, lat_deg=np.asarray(self.meta.lat),
-                               lon_deg=np.asarray(self.meta.lon)).to(device)
+                               lon_deg=np.asarray(self.meta.lon), periodic_lon=self.meta.lon_periodic).to(device)
         self.params = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
 
         # --- where we start: fresh, resume, or a branch from a trunk checkpoint
@@ -358,7 +361,8 @@ class Trainer:
         from wxscale.metrics import area_weights
 
         self.lat_w = torch.as_tensor(area_weights(np.asarray(self.meta.lat)), dtype=torch.float32, device=device)
-        loss_fn = step_loss(self.lat_w if cfg.loss.lat_weighted else None, cfg.loss.amse_weight, cfg.loss.amse_eps)
+        loss_fn = step_loss(self.lat_w if cfg.loss.lat_weighted else None, cfg.loss.amse_weight, cfg.loss.amse_eps,
+                            periodic_lon=self.meta.lon_periodic)
         net = torch.compile(self.net) if cfg.model.compile else self.net
         self.step_module: nn.Module = _TrainStep(net, loss_fn)
         if world.distributed:
