@@ -213,7 +213,8 @@ def render_template(name_or_path: str | os.PathLike, params: dict[str, object] |
             if spaced:
                 raise WxscaleError(f"{path.name}: parameter(s) {', '.join(spaced)} may not hold whitespace "
                                    f"(used on the line {line.strip()!r})")
-        out.append(_PLACEHOLDER.sub(lambda m, line=line: substitute(m, line), line).rstrip())  # an empty extra_args leaves no tail
+        # rstrip: an empty extra_args leaves no tail
+        out.append(_PLACEHOLDER.sub(lambda m, line=line: substitute(m, line), line).rstrip())
 
     record = [f"# Rendered by 'wxscale submit' from {path.name} with:"]
     record += [f"#   {name}={values[name]}" for name in declared]
