@@ -55,8 +55,7 @@ def write_run_configs(sweep_dir: Path) -> dict[str, Path]:
     sweep_dir = Path(sweep_dir).resolve()
     spec, plan = load_plan(sweep_dir)
     base = load_base(sweep_dir)
-    out = Path(sweep_dir) / CONFIGS
-    out.mkdir(exist_ok=True)
+    out = ensure_writable_dir(Path(sweep_dir) / CONFIGS, "sweep dir")
     paths = {}
     trunks = trunks_of(plan).set_index("trunk_id")
     for trunk_id, t in trunks.iterrows():

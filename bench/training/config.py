@@ -234,6 +234,8 @@ def _format_errors(err: ValidationError, where: str) -> str:
         else:
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"{key}: {msg} (got {e.get('input')!r})" if e["loc"] else msg)
+    if len(lines) == 1:  # the common case reads as one line
+        return f"{where}: invalid config: {lines[0]}"
     return f"{where}: invalid config:\n  " + "\n  ".join(lines)
 
 
