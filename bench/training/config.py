@@ -37,6 +37,11 @@ from wxscale.errors import ConfigError
 from wxscale.files import write_text_atomic
 
 
+def _fspath(value: Any) -> Any:
+    """A path object (from Python callers) as the string the YAML would hold; anything else as it is."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
 class _Section(BaseModel):
     # strict: YAML's true is no integer and "8" is no number; allow_inf_nan: inf / nan are no learning rates.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
@@ -50,6 +55,8 @@ class DataConfig(_Section):
     channels: list[str] | None = None
     # validate the dataset dir before training like `wxscale check`: "quick" skips checksums and the NaN scan
     check: Literal["full", "quick", "off"] = "quick"
+
+    _path = field_validator("dataset", mode="before")(lambda v: _fspath(v))
 
 
 class ModelConfig(_Section):
@@ -126,6 +133,8 @@ class RunConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: torch's default)
     deterministic: bool = True  # torch.use_deterministic_algorithms (bit-exact resume)
+
+    _paths = field_validator("dir", "init_from", mode="before")(lambda v: _fspath(v))
 
     @field_validator("checkpoint_at_samples")
     @classmethod
