@@ -298,6 +298,14 @@ def test_truncated_checkpoint_on_eval_is_a_clear_error(finished, tmp_path, capsy
         load_checkpoint(run / "checkpoints" / "final")
 
 
+def test_eval_checkpoint_name_is_not_a_path(finished, tmp_path, capsys):
+    other = _copy_run(finished, tmp_path)
+    name = f"../../{other.parent.name}/{other.name}/checkpoints/final"
+    assert cli(["eval", str(finished[0]), "--checkpoint", name, "--no-progress", "--out", str(tmp_path / "e")]) == 2
+    one_line(capsys.readouterr().err, "--checkpoint", "not a path", "final, samples_8")
+    assert not (tmp_path / "e").exists()
+
+
 def test_eval_and_train_unwritable_output(finished, tiny_dataset, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")

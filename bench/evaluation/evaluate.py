@@ -118,6 +118,9 @@ def find_checkpoint(run_dir: Path, name: str | None = None) -> Path:
     existing = sorted(p.name for p in root.glob("*") if (p / STATE).is_file()) if root.is_dir() else []
     listed = ", ".join(existing) if existing else "none"
     if name is not None:
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise WxscaleError(f"--checkpoint {name!r}: give the name of a checkpoint under {root} "
+                               f"(checkpoints there: {listed}), not a path")
         if (root / name / STATE).is_file():
             return root / name
         raise WxscaleError(f"--checkpoint {name}: no such checkpoint in {root} (checkpoints there: {listed})")
