@@ -435,6 +435,35 @@ def test_sigterm_to_sweep_run_stops_trainers_at_a_checkpoint(small_data, tmp_pat
     assert cfg["run"]["checkpoint_every_steps"] >= 1
 
 
+def test_killed_trunk_resumes_from_its_rolling_checkpoint(small_data, tmp_path):
+    """kill -9 of a trunk's trainer before its first branch point: the sweep says so and exits 1 (its branches
+    blocked, nothing recorded as failed); the next `sweep run` resumes the trunk from its rolling checkpoint."""
+    sw = tmp_path / "sw"
+    assert _plan(small_data, sw, "1.5e9") == 0  # one branch at ~134 steps, cut from the trunk at ~107
+    trunk = sw / "runs" / "trunk_s0"
+    proc = subprocess.Popen([sys.executable, "-m", "wxscale.cli", "sweep", "run", str(sw), "--threads", "1"],
+                            cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while latest_checkpoint(trunk) is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(json.loads((trunk / ".sweep_launch.json").read_text())["pid"], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "trunk_s0 (killed by SIGKILL)" in err and "(blocked)" in err
+    assert not (trunk / "summary.json").exists()
+    at = json.loads((latest_checkpoint(trunk) / "meta.json").read_text())["step"]
+    assert 0 < at < 100
+    again = _sweep_run(sw, 300)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((trunk / "summary.json").read_text())
+    assert summary["status"] == "complete" and "step_" in summary["resumed_from"]
+    assert int(read_metrics(trunk)[0]["step"]) == 1  # the rows before the checkpoint were kept
+
+
 def test_demo_with_bad_train_config_fails_cleanly(tmp_path, capsys):
     out = tmp_path / "demo"
     make_tiny_dataset(out / "data" / "swe", n_steps=120)  # reused: the demo does not simulate

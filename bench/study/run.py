@@ -114,6 +114,13 @@ class _StopRequest:
                 signal.signal(sig, old)
 
 
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def _tail(path: Path, n: int = 1) -> str:
     try:
         lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
@@ -141,7 +148,10 @@ def run_local(sweep_dir: Path, jobs: int = 1, retry_failed: bool = False, thread
     """Run every unfinished run of the sweep on this machine; returns the final state of each run.
 
     A run that does not complete blocks the branches that depend on it ('blocked'); nothing waits for a run
-    that can no longer finish. SIGTERM or SIGINT stops the sweep at a clean point (see :class:`_StopRequest`);
+    that can no longer finish. A trainer that exits with an error and no summary is recorded as failed (its
+    summary.json says so; `--retry-failed` runs it again); one killed by a signal from outside is left as it is,
+    and the next `sweep run` resumes it from its last checkpoint (trunks have rolling ones).
+    SIGTERM or SIGINT stops the sweep at a clean point (see :class:`_StopRequest`);
     the runs it stopped report 'stopped' and continue on the next `sweep run`.
     """
     sweep_dir = Path(sweep_dir).resolve()
@@ -193,9 +203,13 @@ def run_local(sweep_dir: Path, jobs: int = 1, retry_failed: bool = False, thread
                     logs.pop(run_id).close()
                     run_dir = runs_dir(sweep_dir) / run_id
                     (run_dir / ".sweep_launch.json").unlink(missing_ok=True)
-                    if not (run_dir / "summary.json").is_file() and stop.signum is None:
-                        _record_exit_without_summary(run_dir, proc.returncode)
                     states[run_id] = run_state(run_dir)
+                    if not (run_dir / "summary.json").is_file() and stop.signum is None:
+                        if proc.returncode < 0:  # killed from outside (OOM killer, kill -9): resumable later
+                            states[run_id] = f"killed by {_signal_name(-proc.returncode)}"
+                        else:
+                            _record_exit_without_summary(run_dir, proc.returncode)
+                            states[run_id] = run_state(run_dir)
                     if states[run_id] != "complete":
                         tqdm.write(f"sweep: {run_id} {states[run_id]} (exit {proc.returncode}); "
                                    f"see {run_dir / 'train.log'}")
