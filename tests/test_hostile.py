@@ -298,6 +298,19 @@ def test_truncated_checkpoint_on_eval_is_a_clear_error(finished, tmp_path, capsy
         load_checkpoint(run / "checkpoints" / "final")
 
 
+def test_yaml_tag_in_a_run_dirs_config_runs_nothing(finished, tmp_path, capsys):
+    run = _copy_run(finished, tmp_path)
+    mark = tmp_path / "pwned"
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("data:", f'x: !!python/object/apply:os.system ["touch {mark}"]\n'
+                                                           "data:", 1))
+    assert cli(["eval", str(run), "--no-progress", "--no-plots"]) == 2
+    one_line(capsys.readouterr().err, str(run / "config.yaml"), "not valid YAML")
+    assert cli(["train", "--config", str(finished[1]), "--run-dir", str(run), "--resume"]) == 2
+    one_line(capsys.readouterr().err, str(run / "config.yaml"), "not valid YAML")
+    assert not mark.exists()
+
+
 def test_eval_checkpoint_name_is_not_a_path(finished, tmp_path, capsys):
     other = _copy_run(finished, tmp_path)
     name = f"../../{other.parent.name}/{other.name}/checkpoints/final"
@@ -591,6 +604,16 @@ def test_apptainer_and_run_id_values_run_nothing(tmp_path, template):
     assert f"apptainer $(touch {mark})" in args  # one word: the runtime's (odd) name, not a command line
     if template == "sweep":
         assert f"r1$(touch${{IFS}}{mark}) 4242" in (tmp_path / "sw" / "slurm" / "jobs.txt").read_text()
+
+
+def test_submit_save_to_unwritable_path_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = subprocess.run([sys.executable, "-m", "wxscale.cli", "submit", "cpu", "config=c", "run_dir=r",
+                             "--dry-run", "--save", str(blocker / "job.sh")], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    one_line(result.stderr, "--save", str(blocker / "job.sh"))
 
 
 def test_unquoted_placeholder_takes_plain_values_only(tmp_path):

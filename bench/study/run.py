@@ -7,7 +7,11 @@ Executors:
 - ``slurm``: one sbatch job per run from ``submit/sweep.sbatch`` (or ``--template``); branches depend on their
   trunk's job with ``--dependency=afterok``. Run ``wxscale sweep status DIR`` to follow and collect.
 
-A failed run is recorded (its summary.json says why) and not retried unless ``--retry-failed`` is given.
+A failed run is recorded (its summary.json says why) and not retried unless ``--retry-failed`` is given; the
+branches of a trunk that did not complete are reported 'blocked' and the command exits 1. SIGTERM (or Ctrl-C) to
+the local runner is passed on to its trainers, which stop after their current step with a checkpoint; the runner
+waits for them and exits 3, and the next `sweep run` continues. Trunks write a rolling checkpoint about every
+5 % of their length, so a killed trunk resumes near where it was instead of at step 0.
 Results are collected into ``<sweep>/runs.csv`` after every finished run.
 """
 
