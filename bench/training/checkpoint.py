@@ -28,7 +28,6 @@ import random
 import shutil
 import sys
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -215,17 +214,13 @@ def load_checkpoint(ckpt: str | os.PathLike, map_location: str | torch.device = 
     return load_state(ckpt / STATE, map_location), meta
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def resume_checkpoint(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu",
-                      log: Callable[[str], None] | None = _stderr) -> tuple[dict, dict, Path] | None:
+                      verbose: bool = True) -> tuple[dict, dict, Path] | None:
     """(state, meta, dir) of the newest intact checkpoint of a run, for ``--resume``; None if it has none at all.
 
     The pointer's checkpoint is taken when it is the newest and loads; otherwise (an empty pointer, one naming a
-    deleted checkpoint, a truncated ``state.pt``) the next newest that loads, with a note through ``log`` that
-    says what was wrong and which checkpoint is used, and ``latest`` is pointed at it. When checkpoints exist but
+    deleted checkpoint, a truncated ``state.pt``) the next newest that loads, with a note on stderr (``verbose``)
+    that says what was wrong and which checkpoint is used, and ``latest`` is pointed at it. When checkpoints exist but
     none loads, :class:`WxscaleError` lists them: starting over would silently throw the run away.
     """
     root = checkpoints_dir(run_dir)
@@ -244,9 +239,10 @@ def resume_checkpoint(run_dir: str | os.PathLike, map_location: str | torch.devi
             notes.append(str(err))
             continue
         if ckpt != target or notes:
-            if log is not None:
-                log(f"wxscale: {'; '.join(notes) or f'{root / LATEST} names an older checkpoint'}. "
-                    f"Resuming from the newest intact checkpoint, {ckpt.name} (step {step}).")
+            if verbose:
+                print(f"wxscale: {'; '.join(notes) or f'{root / LATEST} names an older checkpoint'}. "
+                      f"Resuming from the newest intact checkpoint, {ckpt.name} (step {step}).",
+                      file=sys.stderr, flush=True)
             with contextlib.suppress(OSError):
                 _write_latest(root, ckpt.name)
         return state, meta, ckpt

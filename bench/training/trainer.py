@@ -178,10 +178,6 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> str:
 
 
 
-def print_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _fmt(v) -> str:
     if v is None:
         return ""
@@ -287,7 +283,7 @@ class Trainer:
         if self.mode == "complete":
             return
         if self.mode == "resume":
-            found = resume_checkpoint(run_dir, map_location="cpu", log=print_stderr if self.main else None)
+            found = resume_checkpoint(run_dir, map_location="cpu", verbose=self.main)
             if found is not None:
                 self.state, self.start_meta, self.source = found
         elif cfg.run.init_from:
