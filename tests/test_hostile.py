@@ -195,6 +195,28 @@ def test_checkpoints_hold_only_what_a_weights_only_load_reads(finished):
     assert {"model", "optimizer", "scheduler", "loader", "rng"} <= set(state)
 
 
+def test_legacy_numpy_rng_loads_but_a_payload_beside_it_does_not(finished, tmp_path):
+    """Checkpoints from before the tensor RNG format (numpy's state as an ndarray) still load weights-only; the
+    numpy allowance lets nothing else through."""
+    import random
+
+    from wxscale.training.checkpoint import load_state, set_rng_state
+
+    state = torch.load(finished[0] / "checkpoints" / "final" / STATE, weights_only=True)
+    state["rng"] = [{"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}]
+    torch.save(state, tmp_path / "legacy.pt")
+    loaded = load_state(tmp_path / "legacy.pt")
+    set_rng_state(loaded["rng"][0])
+    assert np.array_equal(np.random.get_state()[1], state["rng"][0]["numpy"][1])
+    mark = tmp_path / "pwned"
+    state["extra"] = _Payload(f"touch {mark}")
+    torch.save(state, tmp_path / "evil.pt")
+    with pytest.raises(WxscaleError, match=r"refused.*system") as err:
+        load_state(tmp_path / "evil.pt")
+    assert "weights_only=False" not in str(err.value) and "weights_only` set to `False" not in str(err.value)
+    assert not mark.exists()
+
+
 def test_payload_in_state_pt_does_not_run_on_eval(finished, tmp_path, capsys):
     run = _copy_run(finished, tmp_path)
     mark = tmp_path / "pwned"

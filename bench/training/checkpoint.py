@@ -25,6 +25,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import sys
 import zipfile
@@ -191,13 +192,25 @@ def load_state(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            if "numpy" not in str(err):
+                raise
+            # Checkpoints written before the RNG states were stored as tensors hold numpy's generator state as
+            # an ndarray: allow exactly the numpy globals that rebuild an array (they run no code of the file's
+            # choosing); anything else is still refused.
+            with torch.serialization.safe_globals(_legacy_numpy_globals()):
+                state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights only" in str(err).lower() or "weights_only" in str(err):
-            raise WxscaleError(f"{path}: refused: it holds Python objects that a weights-only load does not build "
-                               f"(not a wxscale checkpoint, an old one, or tampered with); nothing in it was run. "
-                               f"({first})") from None
+        text = str(err)
+        if "weights only" in text.lower() or "weights_only" in text:
+            # torch's text advises weights_only=False; we never do that, so only the object it names is kept
+            named = re.search(r"unsupported GLOBAL (\S+)", text, re.IGNORECASE)
+            what = f" (it names {named.group(1)})" if named else ""
+            raise WxscaleError(f"{path}: refused: it holds Python objects that a weights-only load does not build"
+                               f"{what}; not a wxscale checkpoint, or tampered with; nothing in it was run") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
         raise WxscaleError(f"{path}: damaged or truncated checkpoint ({first})") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -205,6 +218,18 @@ def load_state(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if not isinstance(state, dict) or "model" not in state:
         raise WxscaleError(f"{path}: not a wxscale checkpoint (no model state in it)")
     return state
+
+
+def _legacy_numpy_globals() -> list:
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    found = [_reconstruct, np.ndarray, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        found += [getattr(dtypes, n) for n in ("UInt32DType", "Float64DType", "Int64DType") if hasattr(dtypes, n)]
+    return found
 
 
 def load_checkpoint(ckpt: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
@@ -276,8 +301,11 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((int(version), tuple(int(x) for x in internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
-                         float(n["cached_gaussian"])))
+    if isinstance(n, dict):
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
+                             float(n["cached_gaussian"])))
+    else:  # a checkpoint from before the tensor format: numpy's own tuple
+        np.random.set_state(tuple(n))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
