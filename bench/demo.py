@@ -85,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = _step("3/5 sweep run: trunks, then their branches (finished runs are kept)")
     rc = cli(["sweep", "run", str(sweep), "--jobs", str(args.jobs)])
     if rc != 0:
+        if rc != 1 or _best_run(sweep) is None:  # stopped by a signal, or nothing finished: nothing to fit
+            raise WxscaleError(f"demo stopped: `wxscale sweep run {sweep}` exited with status {rc} and "
+                               f"{'no run completed' if rc == 1 else 'the sweep did not finish'}; see "
+                               f"`wxscale sweep status {sweep}` and the runs' train.log")
         print("some runs did not complete; fitting what finished (see `wxscale sweep status`)")
     print(f"[{time.perf_counter() - t0:.0f} s]")
 
@@ -111,7 +115,12 @@ def _best_run(sweep: Path) -> Path | None:
     runs_csv = sweep / "runs.csv"
     if not runs_csv.is_file():
         return None
-    runs = pd.read_csv(runs_csv)
+    try:
+        runs = pd.read_csv(runs_csv)
+    except pd.errors.EmptyDataError:  # no finished branch yet
+        return None
+    if "status" not in runs.columns:
+        return None
     runs = runs[runs["status"] == "complete"]
     if runs.empty:
         return None

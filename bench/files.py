@@ -160,3 +160,22 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False, flag: str
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
+
+
+def ensure_writable_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Create ``path`` (and its parents) if needed and check that files can be written in it.
+
+    Raises :class:`WxscaleError` naming ``flag`` and the folder (not a PermissionError traceback) when it is a
+    file, cannot be created, or is not writable.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        what = "is not a folder" if path.exists() and not path.is_dir() else "is not writable"
+        raise WxscaleError(f"{flag} {path} {what} ({err.strerror or err}); choose another folder or fix its "
+                           "permissions") from None
+    return path

@@ -2,8 +2,12 @@
 
 Templates are plain bash scripts with a tiny substitution language, small enough to read in one sitting:
 
-* ``{{name}}`` is replaced by the parameter's value as is; ``{{name|q}}`` by the value quoted for bash
-  (``shlex.quote``), for values that go into commands.
+* ``{{name|q}}`` is replaced by the value quoted for bash (``shlex.quote``): one word, whatever it holds.
+* ``{{name|args}}`` by the value split like a shell would (``shlex.split``) and every word quoted: a list of
+  arguments (``extra_args="--resume run.seed=3"``), never a command (``;``, ``$(...)`` and ``|`` stay text).
+* ``{{name}}`` by the value as is, which only ``#SBATCH`` lines (comments to bash, read by sbatch) and values
+  of plain characters (letters, digits and ``_.,:%=+/@-``) may use: anything else is refused, so no value
+  rendered into a script is ever run as code.
 * ``{{> file}}`` on a line of its own is replaced by ``submit/partials/file`` (rendered the same way), so the
   job body is written once and shared by the one-node, multi-node and sweep templates.
 * Parameters are declared in comment lines, ``# wxscale:param NAME=DEFAULT [one of: a|b] help text``.
@@ -38,7 +42,9 @@ from wxscale.files import write_text_atomic
 TEMPLATE_SUFFIX = ".sbatch"
 REQUIRED = "<required>"
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(\|\s*q\s*)?\}\}")
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|\s*(q|args)\s*)?\}\}")
+# What a value used unquoted outside an #SBATCH line may hold: nothing bash treats specially.
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.,:%=+/@-]*")
 _INCLUDE = re.compile(r"^\s*\{\{>\s*([A-Za-z0-9_.\-]+)\s*\}\}\s*$")
 _DECLARATION = re.compile(
     r"^#\s*wxscale:param\s+([A-Za-z_][A-Za-z0-9_]*)=(\"[^\"]*\"|\S*)"
@@ -178,9 +184,22 @@ def render_template(name_or_path: str | os.PathLike, params: dict[str, object] |
     declared = _declarations(lines, path)
     values = _check_values(path, declared, dict(params or {}))
 
-    def substitute(match: re.Match[str]) -> str:
-        value = values[match.group(1)]
-        return shlex.quote(value) if match.group(2) else value
+    def substitute(match: re.Match[str], line: str) -> str:
+        name, kind = match.group(1), match.group(2)
+        value = values[name]
+        if kind == "q":
+            return shlex.quote(value)
+        if kind == "args":
+            try:
+                words = shlex.split(value)
+            except ValueError as err:
+                raise WxscaleError(f"{path.name}: parameter {name}={value!r} is not a list of arguments ({err}); "
+                                   "quote words the way a shell would") from None
+            return " ".join(shlex.quote(w) for w in words)
+        if not _SBATCH_LINE.match(line) and not _PLAIN_VALUE.fullmatch(value):
+            raise WxscaleError(f"{path.name}: parameter {name}={value!r} may hold only letters, digits and "
+                               f"_.,:%=+/@- (it is used unquoted in the line {line.strip()!r})")
+        return value
 
     out: list[str] = []
     for line in lines:
@@ -194,7 +213,8 @@ def render_template(name_or_path: str | os.PathLike, params: dict[str, object] |
             if spaced:
                 raise WxscaleError(f"{path.name}: parameter(s) {', '.join(spaced)} may not hold whitespace "
                                    f"(used on the line {line.strip()!r})")
-        out.append(_PLACEHOLDER.sub(substitute, line).rstrip())  # an empty extra_args leaves no tail
+        # rstrip: an empty extra_args leaves no tail
+        out.append(_PLACEHOLDER.sub(lambda m, line=line: substitute(m, line), line).rstrip())
 
     record = [f"# Rendered by 'wxscale submit' from {path.name} with:"]
     record += [f"#   {name}={values[name]}" for name in declared]
@@ -276,7 +296,10 @@ def run(args: argparse.Namespace) -> int:
     params = _parse_assignments([*args.params, *args.set_params])
     text = render_template(args.template, params)
     if args.save is not None:
-        write_text_atomic(args.save, text)
+        try:
+            write_text_atomic(args.save, text)
+        except OSError as err:
+            raise WxscaleError(f"--save {args.save}: cannot write there ({err.strerror or err})") from None
     if args.dry_run:
         sys.stdout.write(text)
         return 0

@@ -86,7 +86,9 @@ def test_scalars_and_overrides():
 
 def test_yaml_round_trip(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(_tree(optim={"lr": "1e-3"}, run={"budget_flops": "1e15"})))
+    # 1e-3 and 1e15 unquoted: numbers in YAML 1.2 (PyYAML's YAML 1.1 rules would read strings)
+    path.write_text("data: {dataset: d}\nrun: {target_samples: 64, global_batch: 8, budget_flops: 1e15}\n"
+                    "optim: {lr: 1e-3}\n")
     cfg = load_config(path, ["run.seed=7"])
     assert cfg.optim.lr == 1e-3 and cfg.run.budget_flops == 1e15 and cfg.run.seed == 7
     save_config(cfg, tmp_path / "resolved.yaml")

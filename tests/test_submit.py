@@ -223,3 +223,10 @@ def test_sbatch_refusal_and_absence_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(WxscaleError, match="sbatch not found on PATH"):
         submit.submit_script("#!/bin/bash\n", [])
+
+
+def test_extra_args_render_as_quoted_arguments():
+    text = submit.render_template("cpu", {**required_for("cpu"), "extra_args": "--resume 'run.seed=3' a;b $(x)"})
+    assert text.rstrip().endswith("--run-dir \"$RUN_DIR\" --resume run.seed=3 'a;b' '$(x)'")
+    empty = submit.render_template("cpu", required_for("cpu"))
+    assert empty.rstrip().endswith('--run-dir "$RUN_DIR"')

@@ -54,7 +54,7 @@ from wxscale.data_prep.layout import (
     valid_sample_starts,
 )
 from wxscale.errors import ConfigError, WxscaleError
-from wxscale.files import save_figure, write_csv, write_json_atomic
+from wxscale.files import ensure_writable_dir, save_figure, write_csv, write_json_atomic
 
 DEFAULT_LEAD_STEPS = 20
 DEFAULT_BATCH_SIZE = 8
@@ -119,6 +119,9 @@ def find_checkpoint(run_dir: Path, name: str | None = None) -> Path:
     existing = sorted(p.name for p in root.glob("*") if (p / STATE).is_file()) if root.is_dir() else []
     listed = ", ".join(existing) if existing else "none"
     if name is not None:
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise WxscaleError(f"--checkpoint {name!r}: give the name of a checkpoint under {root} "
+                               f"(checkpoints there: {listed}), not a path")
         if (root / name / STATE).is_file():
             return root / name
         raise WxscaleError(f"--checkpoint {name}: no such checkpoint in {root} (checkpoints there: {listed})")
@@ -185,7 +188,13 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None, dataset: str | 
 
     # The same construction as the trainer's: ladder size + overrides, grid and coordinates from data.json.
     swin = resolve_config(cfg.model.size, cfg.model.overrides or None, grid=meta.grid)
-    state, cmeta = load_checkpoint(ckpt, map_location="cpu")
+    try:
+        state, cmeta = load_checkpoint(ckpt, map_location="cpu")  # weights-only: a crafted state.pt runs nothing
+    except WxscaleError as err:
+        others = sorted(p.name for p in ckpt.parent.iterdir()
+                        if p.is_dir() and p != ckpt and not p.name.startswith("."))
+        raise WxscaleError(f"{err}. Evaluate another checkpoint of the run with --checkpoint NAME "
+                           f"(others there: {', '.join(others) or 'none'})") from None
     if cmeta.get("channels") != list(meta.channels):
         raise ConfigError(f"checkpoint {ckpt} was trained on channels {cmeta.get('channels')} but {dataset_dir} "
                           f"has {list(meta.channels)}; evaluate on the run's own dataset (--dataset DIR)")
@@ -558,6 +567,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", lead_steps: int | 
     ev.info.update(run_dir=str(run_dir), checkpoint=str(ckpt), samples=cmeta.get("samples"),
                    params=cmeta.get("params"))
     out = Path(out) if out is not None else Path(run_dir) / "eval"
+    ensure_writable_dir(out, "--out")  # before the rollout, not after it
     title = f"{Path(run_dir).name} ({ckpt.name}), {split} split, {ev.info['n_inits']} inits"
     written = write_outputs(ev, out, title, plots)
     if verbose:

@@ -19,8 +19,13 @@ from pathlib import Path
 import pandas as pd
 
 from wxscale.errors import WxscaleError
-from wxscale.files import write_csv
+from wxscale.files import ensure_writable_dir, write_csv
 from wxscale.study import fit as F
+
+# Every file `wxscale fit` may write into --out: those a fit did not write this time are removed (a re-fit with
+# --no-plots or without --predict must not leave the earlier fit's plots or predictions beside the new tables).
+FIT_OUTPUTS = ("isoflop.csv", "fits.csv", "fits_bootstrap.csv", "predictions.csv", "isoflop.png",
+               "scaling_laws.png", "loss_curves.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +81,14 @@ def load_input(args: argparse.Namespace) -> tuple[pd.DataFrame, Path]:
     if args.preset == "chinchilla":
         return F.chinchilla_runs(csv, budget_round_dex=args.budget_round_dex or 0.1), out
     runs = F.read_runs(src)
+    if runs.empty:
+        raise WxscaleError(f"{csv}: has a header but no rows (no run has finished); run `wxscale sweep run` first, "
+                           "or give a CSV with runs")
+    if "run_id" in runs.columns:
+        dup = runs["run_id"][runs["run_id"].duplicated()].astype(str).unique().tolist()
+        if dup:
+            raise WxscaleError(f"{csv}: run id(s) {', '.join(dup)} appear more than once; each run counts once in a "
+                               "fit, so remove the repeated rows")
     if args.columns or args.flops_per_param is not None or args.budget_round_dex is not None:
         runs = F.adapt_runs(runs, parse_columns(args.columns), args.flops_per_param, args.budget_round_dex,
                             source=str(csv))
@@ -142,8 +155,18 @@ def summary(result: F.FitResult, predictions: pd.DataFrame | None) -> list[str]:
     return lines
 
 
+def remove_stale_outputs(out: Path, written: list[Path]) -> list[Path]:
+    """Remove the fit outputs in ``out`` that this fit did not write; returns them."""
+    keep = {Path(p).name for p in written}
+    stale = [out / name for name in FIT_OUTPUTS if name not in keep and (out / name).is_file()]
+    for path in stale:
+        path.unlink()
+    return stale
+
+
 def run(args: argparse.Namespace) -> int:
     runs, out = load_input(args)
+    ensure_writable_dir(out, "--out")
     result = F.fit_scaling(runs, approach=args.approach, n_bootstrap=args.n_bootstrap, level=args.level,
                            seed=args.seed, progress=True)
     written = F.write_fit(result, out)
@@ -162,11 +185,14 @@ def run(args: argparse.Namespace) -> int:
         curves = find_loss_curves(src) if src.is_dir() else []
         if curves:
             written.append(plots.plot_loss_curves(curves, out / "loss_curves.png"))
+    stale = remove_stale_outputs(out, written)
     print(f"wxscale fit: {len(runs)} runs, {runs['budget_flops'].nunique()} budgets, "
           f"{runs['params'].nunique()} sizes")
     for line in summary(result, predictions):
         print(line)
     print("wrote " + ", ".join(str(p) for p in written))
+    if stale:
+        print("removed the earlier fit's " + ", ".join(p.name for p in stale) + " (not written by this fit)")
     if result.errors:
         raise WxscaleError("; ".join(f"Approach {a} could not be fitted: {e}" for a, e in result.errors.items())
                            + f" (the other approach's results are in {out})")

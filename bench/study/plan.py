@@ -164,16 +164,71 @@ def write_plan(out: Path, spec: SweepSpec, plan: pd.DataFrame, summary: dict[str
     base_text = yaml.safe_dump(base, sort_keys=False)
     digest = hashlib.sha256((plan_hash(plan) + base_text).encode()).hexdigest()[:16]
     existing = out / SWEEP_JSON
-    if existing.exists() and not overwrite:
-        old = json.loads(existing.read_text()).get("plan_hash")
-        if old != digest:
+    old = _old_plan_hash(existing)
+    if existing.exists() and old != digest:
+        if not overwrite:
             raise WxscaleError(f"{out} already holds a different sweep plan (hash {old}, new {digest}); "
                                "use another --out, or --overwrite to replace the plan")
+        removed = remove_plan_outputs(out)
+        if removed:
+            print(f"--overwrite: a different plan; removed the old plan's {', '.join(removed)} from {out}")
     write_csv(out / PLAN_CSV, plan)
     write_text_atomic(out / BASE_YAML, base_text)
     spec_d = dataclasses.asdict(spec)
     spec_d["grid"] = list(spec.grid)
     write_json_atomic(existing, {"spec": spec_d, "plan_hash": digest, "summary": summary})
+
+
+# What a sweep dir holds besides the plan itself: results of one plan, meaningless under another.
+PLAN_OUTPUTS = ("runs", "configs", "runs.csv", "slurm", "fit")
+
+
+def _old_plan_hash(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text()).get("plan_hash")
+    except (OSError, ValueError, AttributeError):
+        return None  # damaged: treated as a different plan
+
+
+def remove_plan_outputs(sweep_dir: Path) -> list[str]:
+    """Remove the runs, configs, runs.csv, Slurm records and default fit of the plan in ``sweep_dir`` (before a
+    different plan replaces it), refusing while any of its runs is running or queued. Returns what was removed."""
+    import shutil
+
+    from wxscale.study.sweep import run_state, runs_dir
+
+    runs = runs_dir(sweep_dir)
+    busy = sorted(d.name for d in runs.iterdir() if d.is_dir() and run_state(d) in ("running", "queued")) \
+        if runs.is_dir() else []
+    if busy:
+        raise WxscaleError(f"{sweep_dir}: run(s) {', '.join(busy)} of the old plan are running or queued; wait "
+                           "for them or cancel them before replacing the plan with --overwrite")
+    removed = []
+    for name in PLAN_OUTPUTS:
+        path = Path(sweep_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def validate_base_config(base: dict, spec: SweepSpec, plan: pd.DataFrame, where: str) -> None:
+    """Every run's config (the base plus what the sweep fills in) must be a valid training config: an unknown key
+    or a bad value in --train-config is refused here, not by each trainer after the sweep has started."""
+    from wxscale.study.sweep import branch_config, trunk_config
+    from wxscale.training.config import validate_config
+
+    for _, t in trunks_of(plan).iterrows():
+        validate_config(trunk_config(base, spec, t), f"{where} (as the config of {t['trunk_id']})")
+    for _, b in plan.iterrows():
+        validate_config(branch_config(base, spec, b, Path("runs") / b["trunk_id"]),
+                        f"{where} (as the config of {b['run_id']})")
 
 
 def load_plan(sweep_dir: Path) -> tuple[SweepSpec, pd.DataFrame]:
@@ -236,14 +291,13 @@ def parse_sizes(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
 
     from wxscale.data_prep.layout import load_meta
+    from wxscale.files import ensure_writable_dir
+    from wxscale.training.config import read_yaml_file
 
     meta = load_meta(args.dataset)
-    if not args.train_config.is_file():
-        raise WxscaleError(f"--train-config {args.train_config}: file not found")
-    base = yaml.safe_load(args.train_config.read_text()) or {}
+    base = read_yaml_file(args.train_config, "--train-config") or {}
     if not isinstance(base, dict):
         raise WxscaleError(f"--train-config {args.train_config}: expected a mapping of config sections")
     base.setdefault("data", {})["dataset"] = str(args.dataset.resolve())
@@ -255,6 +309,8 @@ def run(args: argparse.Namespace) -> int:
         dataset=str(args.dataset.resolve()),
     )
     plan, summary = plan_sweep(spec)
+    validate_base_config(base, spec, plan, f"--train-config {args.train_config}")
+    ensure_writable_dir(args.out, "--out")
     write_plan(args.out, spec, plan, summary, base, overwrite=args.overwrite)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(plan[["run_id", "params", "samples", "steps", "branch_from_samples", "cooldown_samples"]]

@@ -7,14 +7,21 @@ Executors:
 - ``slurm``: one sbatch job per run from ``submit/sweep.sbatch`` (or ``--template``); branches depend on their
   trunk's job with ``--dependency=afterok``. Run ``wxscale sweep status DIR`` to follow and collect.
 
-A failed run is recorded (its summary.json says why) and not retried unless ``--retry-failed`` is given.
+A failed run is recorded (its summary.json says why) and not retried unless ``--retry-failed`` is given; the
+branches of a trunk that did not complete are reported 'blocked' and the command exits 1. SIGTERM (or Ctrl-C) to
+the local runner is passed on to its trainers, which stop after their current step with a checkpoint; the runner
+waits for them and exits 3, and the next `sweep run` continues. Trunks write a rolling checkpoint about every
+5 % of their length, so a killed trunk resumes near where it was instead of at step 0.
 Results are collected into ``<sweep>/runs.csv`` after every finished run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +31,7 @@ import yaml
 from tqdm import tqdm
 
 from wxscale.errors import WxscaleError
-from wxscale.files import write_text_atomic
+from wxscale.files import ensure_writable_dir, write_json_atomic, write_text_atomic
 from wxscale.study.plan import load_plan, trunks_of
 from wxscale.study.sweep import (
     branch_config,
@@ -38,6 +45,11 @@ from wxscale.study.sweep import (
 )
 
 CONFIGS = "configs"
+EXIT_STOPPED = 3  # as `wxscale train` when it stops at a clean point
+STOP_WAIT_S = 600  # how long the runner waits for a trainer to reach a clean point after SIGTERM
+# Rolling checkpoints per trunk (unless the base config sets run.checkpoint_every_steps): a trunk killed before
+# its first branch point resumes from the last of them instead of step 0.
+TRUNK_ROLLING_CHECKPOINTS = 20
 
 
 def write_run_configs(sweep_dir: Path) -> dict[str, Path]:
@@ -47,16 +59,25 @@ def write_run_configs(sweep_dir: Path) -> dict[str, Path]:
     sweep_dir = Path(sweep_dir).resolve()
     spec, plan = load_plan(sweep_dir)
     base = load_base(sweep_dir)
-    out = Path(sweep_dir) / CONFIGS
-    out.mkdir(exist_ok=True)
+    out = ensure_writable_dir(Path(sweep_dir) / CONFIGS, "sweep dir")
     paths = {}
     trunks = trunks_of(plan).set_index("trunk_id")
     for trunk_id, t in trunks.iterrows():
-        paths[trunk_id] = _write_yaml(out / f"{trunk_id}.yaml", trunk_config(base, spec, t))
+        paths[trunk_id] = _write_yaml(out / f"{trunk_id}.yaml", with_rolling_checkpoint(trunk_config(base, spec, t)))
     for _, b in plan.iterrows():
         cfg = branch_config(base, spec, b, runs_dir(sweep_dir) / b["trunk_id"])
         paths[b["run_id"]] = _write_yaml(out / f"{b['run_id']}.yaml", cfg)
     return paths
+
+
+def with_rolling_checkpoint(cfg: dict) -> dict:
+    """A trunk config with a rolling checkpoint about every 1/TRUNK_ROLLING_CHECKPOINTS of its length (the
+    base config's own run.checkpoint_every_steps wins)."""
+    run = cfg.setdefault("run", {})
+    if run.get("checkpoint_every_steps") is None:
+        steps = int(run["target_samples"]) // int(run["global_batch"])
+        run["checkpoint_every_steps"] = max(1, math.ceil(steps / TRUNK_ROLLING_CHECKPOINTS))
+    return cfg
 
 
 def _write_yaml(path: Path, tree: dict) -> Path:
@@ -72,10 +93,73 @@ def _train_command(config: Path, run_dir: Path, threads: int | None) -> list[str
     return cmd
 
 
+class _StopRequest:
+    """SIGTERM / SIGINT to the runner: pass SIGTERM on to every running trainer (each stops after its current step
+    with a checkpoint and a 'stopped' summary), start nothing new, and wait for them."""
+
+    def __init__(self, running: dict[str, subprocess.Popen]):
+        self.running, self.signum, self._old = running, None, {}
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers, nothing to forward
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        for proc in self.running.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, old)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _tail(path: Path, n: int = 1) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])
+
+
+def _record_exit_without_summary(run_dir: Path, returncode: int) -> None:
+    """A trainer that ended without a summary (bad config, dataset gone, killed): record it as failed, so the
+    sweep, `sweep status` and runs.csv say so and its branches are blocked instead of waited for."""
+    log = run_dir / "train.log"
+    last = _tail(log)
+    write_json_atomic(run_dir / "summary.json", {
+        "status": "failed",
+        "reason": f"the trainer exited with status {returncode} without writing a summary"
+                  + (f": {last}" if last else "") + f" (see {log})",
+        "exit_code": returncode,
+        "recorded_by": "wxscale sweep run",
+    })
+
+
 def run_local(sweep_dir: Path, jobs: int = 1, retry_failed: bool = False, threads: int | None = None,
               progress: bool = True) -> dict[str, str]:
-    """Run every unfinished run of the sweep on this machine; returns the final state of each run."""
+    """Run every unfinished run of the sweep on this machine; returns the final state of each run.
+
+    A run that does not complete blocks the branches that depend on it ('blocked'); nothing waits for a run
+    that can no longer finish. A trainer that exits with an error and no summary is recorded as failed (its
+    summary.json says so; `--retry-failed` runs it again); one killed by a signal from outside is left as it is,
+    and the next `sweep run` resumes it from its last checkpoint (trunks have rolling ones).
+    SIGTERM or SIGINT stops the sweep at a clean point (see :class:`_StopRequest`);
+    the runs it stopped report 'stopped' and continue on the next `sweep run`.
+    """
     sweep_dir = Path(sweep_dir).resolve()
+    ensure_writable_dir(sweep_dir, "sweep dir")
     configs = write_run_configs(sweep_dir)
     table = sweep_table(sweep_dir)
     if threads is None:
@@ -91,47 +175,83 @@ def run_local(sweep_dir: Path, jobs: int = 1, retry_failed: bool = False, thread
     bar = tqdm(total=len(table), initial=len(table) - len(todo), desc="sweep", unit="run", disable=not progress)
     running: dict[str, subprocess.Popen] = {}
     logs = {}
-    try:
-        while todo or running:
-            for run_id in list(todo):
-                if len(running) >= jobs:
-                    break
-                dep = deps[run_id]
-                if dep and states[dep] != "complete":
-                    if states[dep] == "failed":  # the branch can never start: say so in its state
-                        todo.remove(run_id)
-                        states[run_id] = "blocked"
-                        bar.update(1)
-                    continue
-                todo.remove(run_id)
-                run_dir = runs_dir(sweep_dir) / run_id
-                run_dir.mkdir(parents=True, exist_ok=True)
-                logs[run_id] = open(run_dir / "train.log", "a")  # noqa: SIM115 (closed when the process ends)
-                proc = subprocess.Popen(_train_command(configs[run_id], run_dir, threads), stdout=logs[run_id],
-                                        stderr=subprocess.STDOUT)
-                mark_launched(run_dir, executor="local", pid=proc.pid)
-                running[run_id] = proc
-                bar.set_postfix_str(run_id)
-            for run_id, proc in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[run_id]
+    with _StopRequest(running) as stop:
+        try:
+            while todo or running:
+                for run_id in list(todo):
+                    if len(running) >= jobs or stop.signum is not None:
+                        break
+                    dep = deps[run_id]
+                    if dep and states[dep] != "complete":
+                        if dep not in running and dep not in todo:  # it ended without completing: never
+                            todo.remove(run_id)
+                            states[run_id] = "blocked"
+                            tqdm.write(f"sweep: {run_id} blocked: its trunk {dep} is {states[dep]}")
+                            bar.update(1)
+                        continue
+                    todo.remove(run_id)
+                    run_dir = runs_dir(sweep_dir) / run_id
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    logs[run_id] = open(run_dir / "train.log", "a")  # noqa: SIM115 (closed when it ends)
+                    proc = subprocess.Popen(_train_command(configs[run_id], run_dir, threads), stdout=logs[run_id],
+                                            stderr=subprocess.STDOUT)
+                    mark_launched(run_dir, executor="local", pid=proc.pid)
+                    running[run_id] = proc
+                    bar.set_postfix_str(run_id)
+                if stop.signum is not None and not running:
+                    break  # what is left stays pending for the next `sweep run`
+                for run_id, proc in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    del running[run_id]
+                    logs.pop(run_id).close()
+                    run_dir = runs_dir(sweep_dir) / run_id
+                    (run_dir / ".sweep_launch.json").unlink(missing_ok=True)
+                    states[run_id] = run_state(run_dir)
+                    if not (run_dir / "summary.json").is_file() and stop.signum is None:
+                        if proc.returncode < 0:  # killed from outside (OOM killer, kill -9): resumable later
+                            states[run_id] = f"killed by {_signal_name(-proc.returncode)}"
+                        else:
+                            _record_exit_without_summary(run_dir, proc.returncode)
+                            states[run_id] = run_state(run_dir)
+                    if states[run_id] != "complete":
+                        tqdm.write(f"sweep: {run_id} {states[run_id]} (exit {proc.returncode}); "
+                                   f"see {run_dir / 'train.log'}")
+                    bar.update(1)
+                    collect_runs(sweep_dir)
+                if todo or running:
+                    time.sleep(0.2)  # never a busy loop, whatever the states
+        finally:
+            # An error in the runner itself: stop the trainers at a clean point too, and wait for them.
+            for proc in running.values():
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+            for run_id, proc in running.items():
+                try:
+                    proc.wait(timeout=STOP_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
                 logs.pop(run_id).close()
                 (runs_dir(sweep_dir) / run_id / ".sweep_launch.json").unlink(missing_ok=True)
                 states[run_id] = run_state(runs_dir(sweep_dir) / run_id)
-                if states[run_id] != "complete":
-                    tqdm.write(f"sweep: {run_id} {states[run_id]} (exit {proc.returncode}); "
-                               f"see {runs_dir(sweep_dir) / run_id / 'train.log'}")
-                bar.update(1)
-                collect_runs(sweep_dir)
-            if running:
-                time.sleep(0.2)
-    finally:
-        for proc in running.values():
-            proc.terminate()
-        bar.close()
+            bar.close()
     collect_runs(sweep_dir)
+    if stop.signum is not None:
+        for run_id in todo:
+            states[run_id] = "pending"
+        raise SweepStopped(signal.Signals(stop.signum).name, states)
     return states
+
+
+class SweepStopped(WxscaleError):
+    """The sweep was asked to stop (SIGTERM / SIGINT); its trainers stopped at a checkpoint."""
+
+    def __init__(self, signame: str, states: dict[str, str]):
+        self.states = states
+        stopped = [r for r, s in states.items() if s in ("stopped", "pending")]
+        super().__init__(f"stopped by {signame}: {len(stopped)} run(s) left to do ({', '.join(stopped)}); the "
+                         "running trainers stopped at a checkpoint. Run `wxscale sweep run` again to continue")
 
 
 def run_slurm(sweep_dir: Path, template: str, params: dict[str, str], retry_failed: bool = False,
@@ -183,7 +303,12 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise WxscaleError(f"--jobs {args.jobs}: must be >= 1")
     if args.executor == "local":
-        states = run_local(args.sweep_dir, jobs=args.jobs, retry_failed=args.retry_failed, threads=args.threads)
+        try:
+            states = run_local(args.sweep_dir, jobs=args.jobs, retry_failed=args.retry_failed,
+                               threads=args.threads)
+        except SweepStopped as stopped:
+            print(f"wxscale sweep run: {stopped}", file=sys.stderr)
+            return EXIT_STOPPED
         bad = {r: s for r, s in states.items() if s != "complete"}
         done = sum(s == "complete" for s in states.values())
         print(f"sweep: {done}/{len(states)} runs complete; results in {args.sweep_dir / 'runs.csv'}")

@@ -1,6 +1,9 @@
 """The training config: one validated tree, loaded from YAML, with dotted ``key=value`` overrides.
 
-Every field is checked at the edge (types, ranges); an unknown key is refused with the nearest valid name. The
+Every field is checked at the edge, strictly: no type coercion (``run.global_batch: true`` is an error, not batch 1),
+no non-finite numbers (``optim.lr: inf`` is an error, not a failure at step 2), ranges; an unknown key is refused
+with the nearest valid name. YAML is read with the safe loader (no tags that build objects) and YAML 1.2 number
+rules (``1e-3`` is a float, as in every other YAML reader). The
 resolved config (what was asked plus every default) is saved as ``<run>/config.yaml`` and is enough to rerun the
 same run: ``wxscale train --config RUN/config.yaml --run-dir NEW``.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,8 +37,14 @@ from wxscale.errors import ConfigError
 from wxscale.files import write_text_atomic
 
 
+def _fspath(value: Any) -> Any:
+    """A path object (from Python callers) as the string the YAML would hold; anything else as it is."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: YAML's true is no integer and "8" is no number; allow_inf_nan: inf / nan are no learning rates.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -46,11 +56,21 @@ class DataConfig(_Section):
     # validate the dataset dir before training like `wxscale check`: "quick" skips checksums and the NaN scan
     check: Literal["full", "quick", "off"] = "quick"
 
+    _path = field_validator("dataset", mode="before")(lambda v: _fspath(v))
+
 
 class ModelConfig(_Section):
     size: str = "s0"  # a name on model.LADDER
     overrides: dict[str, Any] = Field(default_factory=dict)  # SwinConfig fields, e.g. {patch: 2, window: [2, 4]}
     compile: bool = False  # torch.compile the network
+
+    @field_validator("overrides")
+    @classmethod
+    def _finite_overrides(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = non_finite_paths(v)
+        if bad:
+            raise ValueError(f"non-finite number(s) at {', '.join(bad)}; give finite values")
+        return v
 
 
 class OptimConfig(_Section):
@@ -60,6 +80,11 @@ class OptimConfig(_Section):
     weight_decay: float = Field(0.05, ge=0)
     grad_clip: float = Field(1.0, ge=0)  # max global grad norm; 0 disables clipping
     impl: Literal["auto", "apex", "fused", "foreach", "plain"] = "auto"
+
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _betas_list(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v  # YAML has lists, not tuples; the items stay strict
 
     @field_validator("betas")
     @classmethod
@@ -108,6 +133,8 @@ class RunConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: torch's default)
     deterministic: bool = True  # torch.use_deterministic_algorithms (bit-exact resume)
+
+    _paths = field_validator("dir", "init_from", mode="before")(lambda v: _fspath(v))
 
     @field_validator("checkpoint_at_samples")
     @classmethod
@@ -172,6 +199,17 @@ class TrainConfig(_Section):
         return self
 
 
+def non_finite_paths(value: Any, prefix: str = "") -> list[str]:
+    """Where in a nested dict / list a float is inf or nan (the free-form fields pydantic does not type)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [prefix or "(value)"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite_paths(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in non_finite_paths(v, f"{prefix}[{i}]")]
+    return []
+
+
 # --------------------------------------------------------------------------------------------------------------
 # errors with the nearest valid key
 
@@ -205,6 +243,8 @@ def _format_errors(err: ValidationError, where: str) -> str:
         else:
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"{key}: {msg} (got {e.get('input')!r})" if e["loc"] else msg)
+    if len(lines) == 1:  # the common case reads as one line
+        return f"{where}: invalid config: {lines[0]}"
     return f"{where}: invalid config:\n  " + "\n  ".join(lines)
 
 
@@ -212,15 +252,57 @@ def _format_errors(err: ValidationError, where: str) -> str:
 # overrides, load, save
 
 
-def parse_scalar(text: str) -> Any:
-    """A command-line value as YAML would read it; '3e-4' (a string in YAML 1.1) becomes a float."""
-    value = yaml.safe_load(text) if text.strip() else ""
-    if isinstance(value, str):
-        try:
-            f = float(value)
-        except ValueError:
-            return value
-        return f if math.isfinite(f) or value.lower() in ("inf", "-inf", "nan") else value
+class _YamlLoader(yaml.SafeLoader):
+    """The safe loader (plain data only: a tag such as !!python/object is an error) with YAML 1.2 floats."""
+
+
+# PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string; YAML 1.2 and users read it as a number.
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what and where (PyYAML's own text spans several lines)."""
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """Parse YAML text safely; broken YAML or an object-building tag is a one-line :class:`ConfigError`."""
+    try:
+        return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - _YamlLoader is a SafeLoader
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({_yaml_problem(err)}); only plain YAML data is accepted"
+                          ) from None
+
+
+def read_yaml_file(path: str | os.PathLike, flag: str = "config file") -> Any:
+    """A YAML file's data; missing, unreadable or invalid files are one-line errors naming ``flag`` and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{flag} {path} not found")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{flag} {path}: cannot be read ({err})") from None
+    return load_yaml_text(text, f"{flag} {path}")
+
+
+def parse_scalar(text: str, where: str = "value") -> Any:
+    """A command-line value as YAML would read it ('3e-4' is a float); 'inf' and 'nan' become floats, so the
+    config refuses them as non-finite numbers rather than as strings."""
+    value = load_yaml_text(text, where) if text.strip() else ""
+    if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("inf", "infinity", "nan"):
+        return float(value)
     return value
 
 
@@ -238,7 +320,7 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
             if not isinstance(node.get(p), dict):
                 node[p] = {}
             node = node[p]
-        node[parts[-1]] = parse_scalar(text)
+        node[parts[-1]] = parse_scalar(text, f"override {item!r}")
     return tree
 
 
@@ -256,12 +338,7 @@ def validate_config(tree: dict | TrainConfig, where: str = "config") -> TrainCon
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config, apply dotted overrides, validate. Relative dataset / init_from paths stay as given."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    tree = read_yaml_file(path) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, optim, ...)")
     apply_overrides(tree, list(overrides or []))
@@ -275,3 +352,37 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     """Write the fully resolved config as YAML, atomically."""
     write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# resuming a run: which config changes keep what is computed
+
+
+# Config keys that may change when a run is resumed (they do not change what is computed; cpu_threads changes
+# only the speed, and the order of floating-point sums inside some kernels).
+RESUMABLE_CHANGES = ("run.dir", "run.max_wall_s", "run.checkpoint_every_steps", "run.cpu_threads",
+                     "data.num_workers", "data.check", "logging.", "distributed.")
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every difference that is not in :data:`RESUMABLE_CHANGES`."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b, name = old.get(k), new.get(k), f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, name + ".")
+        elif a != b and not any(name == r or (r.endswith(".") and name.startswith(r)) for r in RESUMABLE_CHANGES):
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
+def check_resume_config(run_dir: str | os.PathLike, cfg: TrainConfig) -> None:
+    """Refuse ``--resume`` with a config that computes something else than the run's own config.yaml (finished
+    runs too: "already complete" must not answer a question about another config)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return
+    changes = config_changes(config_to_dict(load_config(path)), config_to_dict(cfg))
+    if changes:
+        raise ConfigError(f"--resume with a config that differs from {path} in: " + "; ".join(changes)
+                          + ". Resume with the run's own config.yaml, or train into a new --run-dir")

@@ -53,23 +53,28 @@ from wxscale.hardware import describe_device, peak_flops
 from wxscale.provenance import git_sha
 from wxscale.training import distributed
 from wxscale.training.checkpoint import (
-    latest_checkpoint,
+    has_checkpoints,
     load_checkpoint,
     resolve_checkpoint,
+    resume_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from wxscale.training.config import TrainConfig, config_to_dict, load_config, save_config, validate_config
+from wxscale.training.config import (
+    TrainConfig,
+    check_resume_config,
+    config_to_dict,
+    load_config,
+    save_config,
+    validate_config,
+)
 from wxscale.training.losses import mse, rollout_loss, step_loss
 from wxscale.training.optim import build_optimizer, clip_gradients
 from wxscale.training.schedules import Schedule, build_schedule
 
 BASE_COLUMNS = ["step", "samples", "flops", "lr", "train_loss", "val_loss", "samples_per_s", "tflops_per_s", "mfu",
                 "wall_s", "grad_norm"]
-# Config keys that may change when a run is resumed (they do not change what is computed).
-RESUMABLE_CHANGES = ("run.dir", "run.max_wall_s", "run.checkpoint_every_steps", "data.num_workers", "data.check",
-                     "logging.", "distributed.")
 EXIT_FAILED, EXIT_STOPPED = 1, 3
 
 
@@ -167,19 +172,9 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> str:
         with contextlib.suppress(ValueError):
             if json.loads(summary.read_text()).get("status") == "complete":
                 return "complete"
-    return "resume" if latest_checkpoint(run_dir) is not None else "fresh"
-
-
-def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new))
-    out = []
-    for k in keys:
-        a, b, name = old.get(k), new.get(k), f"{prefix}{k}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _config_changes(a, b, name + ".")
-        elif a != b and not any(name == r or (r.endswith(".") and name.startswith(r)) for r in RESUMABLE_CHANGES):
-            out.append(f"{name}: {a!r} -> {b!r}")
-    return out
+    # Any trace of a checkpoint means a resume (a damaged pointer falls back to an intact checkpoint, or is an
+    # error): starting over would rewrite metrics.csv and prune the older checkpoints.
+    return "resume" if has_checkpoints(run_dir) else "fresh"
 
 
 
@@ -286,20 +281,18 @@ class Trainer:
         # --- where we start: fresh, resume, or a branch from a trunk checkpoint
         self.mode = _rank0_checked(world, lambda: _prepare_run_dir(run_dir, resume))
         self.state, self.start_meta, self.source = None, None, None
+        if self.mode in ("resume", "complete"):
+            check_resume_config(run_dir, cfg)
         if self.mode == "complete":
             return
         if self.mode == "resume":
-            self.source = latest_checkpoint(run_dir)
-            old = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
-            if old is not None:
-                changes = _config_changes(config_to_dict(old), config_to_dict(cfg))
-                if changes:
-                    raise ConfigError(f"--resume with a config that differs from {run_dir}/config.yaml in: "
-                                      + "; ".join(changes) + ". Resume with the run's own config.yaml")
+            found = resume_checkpoint(run_dir, map_location="cpu", verbose=self.main)
+            if found is not None:
+                self.state, self.start_meta, self.source = found
         elif cfg.run.init_from:
             self.source = resolve_checkpoint(cfg.run.init_from)
-        if self.source is not None:
             self.state, self.start_meta = load_checkpoint(self.source, map_location="cpu")
+        if self.source is not None:
             if self.start_meta.get("channels") != self.channels:
                 raise ConfigError(f"checkpoint {self.source} was trained on channels {self.start_meta.get('channels')}"
                                   f" but {dataset} has {self.channels}")

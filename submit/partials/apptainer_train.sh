@@ -6,7 +6,7 @@
 # wxscale:param bind=  extra binds, comma-separated SRC[:DST[:ro]] (e.g. a scratch folder)
 # wxscale:param nccl_plugin_dir=  host folder holding the site's aws-ofi-nccl plugin; bound and put on LD_LIBRARY_PATH
 # wxscale:param mpi=none [one of: none|pmi2|pmix] srun --mpi plugin (the trainer needs none: it reads SLURM_* itself)
-# wxscale:param extra_args=  more arguments for wxscale train, as is
+# wxscale:param extra_args=  more arguments for wxscale train, split like a shell would and each quoted (never a command)
 set -euo pipefail
 CONFIG="$(realpath {{config|q}})"
 RUN_DIR={{run_dir|q}}
@@ -37,5 +37,5 @@ fi
 # per task (--gpus-per-task) would stop NCCL from using NVLink/P2P between them. --cpus-per-task is
 # repeated because srun does not inherit it from sbatch in Slurm 22.05-23.02.
 srun --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" --mpi={{mpi}} --kill-on-bad-exit=1 \
-  {{apptainer}} exec --nv --bind "$BINDS" "$IMAGE" \
-  wxscale train --config "$CONFIG" --run-dir "$RUN_DIR" {{extra_args}}
+  {{apptainer|q}} exec --nv --bind "$BINDS" "$IMAGE" \
+  wxscale train --config "$CONFIG" --run-dir "$RUN_DIR" {{extra_args|args}}
