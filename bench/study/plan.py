@@ -213,6 +213,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a model field for every size, e.g. --model patch=2 (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace a different plan in --out")
+    cost = parser.add_argument_group("cost (wxscale.study.cost): device-hours and wall time before anything runs")
+    cost.add_argument("--cost", metavar="FILE", help="a `wxscale bench throughput` CSV measured on the target "
+                      "system, or peak:DEVICE (e.g. peak:H100) from the device peak table with --mfu")
+    cost.add_argument("--mfu", type=float, help="with --cost peak:DEVICE: the fraction of peak training reaches")
+    cost.add_argument("--devices", type=int, default=1, help="devices the sweep may use at once (default 1)")
+    cost.add_argument("--devices-per-run", type=int, default=None,
+                      help="devices one run trains on, data-parallel (default: all of --devices)")
+    cost.add_argument("--cost-overhead-s", type=float, default=0.0,
+                      help="fixed seconds per run beside training (start-up, checks, validation); default 0")
 
 
 def parse_sizes(text: str) -> list[str]:
@@ -251,12 +260,39 @@ def run(args: argparse.Namespace) -> int:
         dataset=str(args.dataset.resolve()),
     )
     plan, summary = plan_sweep(spec)
+    cost_lines, cost_runs = None, None
+    if args.cost:
+        plan, summary, cost_runs, cost_lines = _price(args, spec, plan, summary, base)
+    elif args.mfu is not None:
+        raise WxscaleError("--mfu is for --cost peak:DEVICE; give --cost too")
     write_plan(args.out, spec, plan, summary, base, overwrite=args.overwrite)
+    if args.cost:
+        from wxscale.study.cost import write_costs
+
+        write_costs(args.out, cost_runs)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(plan[["run_id", "params", "samples", "steps", "branch_from_samples", "cooldown_samples"]]
               .to_string(index=False))
     print(f"\n{summary['n_branches']} branches on {summary['n_trunks']} trunks. Continual training: "
           f"{summary['continual_flops']:.3g} FLOPs; independent runs: {summary['independent_flops']:.3g} FLOPs "
           f"({100 * summary['saved_fraction']:.0f} % saved).")
-    print(f"wrote {args.out / PLAN_CSV} and {args.out / SWEEP_JSON}")
+    if cost_lines:
+        print("\n" + "\n".join(cost_lines))
+    print(f"wrote {args.out / PLAN_CSV} and {args.out / SWEEP_JSON}" + (" and cost.csv" if args.cost else ""))
     return 0
+
+
+def _price(args: argparse.Namespace, spec: SweepSpec, plan: pd.DataFrame, summary: dict, base: dict):
+    """--cost: price every run (wxscale.study.cost); plan.csv gains per-branch columns, sweep.json the totals."""
+    from wxscale.study.cost import add_plan_columns, cost_summary, load_cost_model, run_costs, summary_lines
+
+    precision = base.get("precision") or {}
+    if args.devices < 1:
+        raise WxscaleError(f"--devices {args.devices}: must be >= 1")
+    per_run = args.devices_per_run or args.devices
+    model = load_cost_model(args.cost, precision=precision.get("dtype", "fp32"), grid=spec.grid,
+                            channels=spec.channels, tf32=bool(precision.get("tf32", False)), mfu=args.mfu,
+                            loader=(base.get("data") or {}).get("loader"))
+    runs = run_costs(plan, spec.global_batch, spec.rollout_steps, model, per_run, args.cost_overhead_s)
+    totals = cost_summary(runs, plan, model, args.devices, per_run)
+    return add_plan_columns(plan, runs), {**summary, "cost": totals}, runs, summary_lines(runs, totals)
