@@ -161,3 +161,14 @@ def test_status_shows_spent_against_planned(tmp_path, tiny_dataset, capsys):
     own = trunk["device_hours"] + branch["device_hours"]
     assert f"2 complete run(s): spent 1.5 against {own:.4g} planned for them (x{1.5 / own:.2f})" in printed
     assert "planned on: assumed: H100" in printed
+
+
+def test_plan_totals_do_not_overflow_at_seed_budgets():
+    """The seed paper's grid and budgets: samples x FLOPs per sample pass int64's range (9.2e18)."""
+    spec = SweepSpec(budgets=[3e19, 6e19], sizes=["s0"], grid=(721, 1440), channels=71, global_batch=16,
+                     min_steps=1000, max_steps=120000,
+                     model_overrides={"embed_dim": 768, "depth": 12, "num_heads": 12, "window": [9, 18]})
+    plan, summary = plan_sweep(spec)
+    exact = sum(int(s) * int(f) for s, f in zip(plan["samples"], plan["flops_per_sample"], strict=True))
+    assert summary["independent_flops"] == pytest.approx(float(exact), rel=1e-12)
+    assert 0 < summary["continual_flops"] < summary["independent_flops"]

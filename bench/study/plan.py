@@ -122,9 +122,11 @@ def plan_sweep(spec: SweepSpec) -> tuple[pd.DataFrame, dict[str, float]]:
             )
     plan = pd.DataFrame(rows)
     trunk_samples = plan.groupby("trunk_id").agg(to=("branch_from_samples", "max"), fps=("flops_per_sample", "first"))
-    continual = float((trunk_samples["to"] * trunk_samples["fps"]).sum()
-                      + (plan["cooldown_samples"] * plan["flops_per_sample"]).sum() * spec.rollout_steps)
-    independent = float((plan["samples"] * plan["flops_per_sample"]).sum())
+    # in float: samples x FLOPs per sample passes int64's 9.2e18 at the seed paper's budgets (1e19 and up)
+    fps = plan["flops_per_sample"].astype(float)
+    continual = float((trunk_samples["to"] * trunk_samples["fps"].astype(float)).sum()
+                      + (plan["cooldown_samples"] * fps).sum() * spec.rollout_steps)
+    independent = float((plan["samples"] * fps).sum())
     summary = {
         "n_branches": len(plan),
         "n_trunks": len(trunk_samples),
