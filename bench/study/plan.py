@@ -7,7 +7,10 @@ to ``samples = C / flops_per_sample``. The trunk runs only to the last branch po
 IsoFLOP grid costs far less than independent runs of every point; the plan reports both.
 
 The plan is written to ``<sweep>/plan.csv`` (columns in ARCHITECTURE.md) with ``<sweep>/sweep.json`` holding the
-spec and a hash of the plan, so a sweep dir is never silently reused with a different plan.
+spec and a hash of the plan, so a sweep dir is never silently reused with a different plan. With ``--cost`` the
+plan is also priced before anything runs (:mod:`wxscale.study.cost`: device-hours and wall time per run and in
+total, from a measured throughput CSV or an assumed MFU): plan.csv gains ``planned_*`` columns, ``cost.csv``
+lists every trunk and branch, and sweep.json's summary holds the totals under ``cost``.
 """
 
 from __future__ import annotations
