@@ -160,6 +160,8 @@ def test_status_shows_spent_against_planned(tmp_path, tiny_dataset, capsys):
     assert f"device-hours: spent {1.5:.4g} of {planned:.4g} planned" in printed
     own = trunk["device_hours"] + branch["device_hours"]
     assert f"2 complete run(s): spent 1.5 against {own:.4g} planned for them (x{1.5 / own:.2f})" in printed
+    remaining = planned - own
+    assert f"still to run, as planned: {remaining:.4g} device-hours; {remaining * 1.5 / own:.4g} at" in printed
     assert "planned on: assumed: H100" in printed
 
 

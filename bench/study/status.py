@@ -60,15 +60,20 @@ def cost_lines(costs: pd.DataFrame, description: str | None) -> list[str]:
     planned = costs["planned_device_hours"].sum()
     lines = [f"device-hours: spent {spent:.4g} of {planned:.4g} planned ({100 * spent / planned:.0f} %)"
              if planned > 0 else f"device-hours: spent {spent:.4g}, none planned"]
+    remaining = costs.loc[costs["state"] != "complete", "planned_device_hours"].sum()
+    ratio = None
     if len(done):
         p_done, s_done = done["planned_device_hours"].sum(), done["spent_device_hours"].fillna(0).sum()
-        lines.append(f"  {len(done)} complete run(s): spent {s_done:.4g} against {p_done:.4g} planned for them "
-                     f"(x{s_done / p_done:.2f})" if p_done > 0 else "")
-    remaining = costs.loc[costs["state"] != "complete", "planned_device_hours"].sum()
-    lines.append(f"  still to run, as planned: {remaining:.4g} device-hours")
+        if p_done > 0:
+            ratio = s_done / p_done
+            lines.append(f"  {len(done)} complete run(s): spent {s_done:.4g} against {p_done:.4g} planned for them "
+                         f"(x{ratio:.2f})")
+    # the complete runs calibrate the plan: the same ratio applied to what is left
+    at_ratio = f"; {remaining * ratio:.4g} at the complete runs' x{ratio:.2f}" if ratio and remaining else ""
+    lines.append(f"  still to run, as planned: {remaining:.4g} device-hours{at_ratio}")
     if description:
         lines.append(f"  planned on: {description}")
-    return [line for line in lines if line]
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
