@@ -149,8 +149,12 @@ def load_cost_model(source: str, *, precision: str, grid: tuple[int, int], chann
     rows = rows[pd.to_numeric(rows["samples_per_s"], errors="coerce") > 0]
     device = rows["device"].iloc[0] if "device" in rows and len(rows) else "?"
     host = rows["host"].iloc[0] if "host" in rows and len(rows) else "?"
-    return CostModel("measured", f"measured: {path} ({len(rows)} {precision} rows, device {device}, host {host})",
-                     precision, rows=rows.reset_index(drop=True))
+    # on CPU a device's rate depends on its threads: say what was measured (sweep run gives cores // jobs)
+    threads = (f", {'/'.join(str(t) for t in sorted(set(rows['threads_per_rank'])))} thread(s) per rank"
+               if "threads_per_rank" in rows and str(rows.get("device_kind", pd.Series(["cpu"])).iloc[0]) == "cpu"
+               else "")
+    return CostModel("measured", f"measured: {path} ({len(rows)} {precision} rows, device {device}{threads}, "
+                     f"host {host})", precision, rows=rows.reset_index(drop=True))
 
 
 def run_costs(plan: pd.DataFrame, global_batch: int, rollout_steps: int, model: CostModel, devices_per_run: int,
