@@ -11,7 +11,7 @@ import pytest
 from wxscale.cli import main as cli
 from wxscale.errors import WxscaleError
 from wxscale.hardware import GPU_PEAKS
-from wxscale.study.cost import load_cost_model, run_costs, sweep_wall_s
+from wxscale.study.cost import cost_summary, load_cost_model, run_costs, sweep_wall_s
 from wxscale.study.plan import SweepSpec, plan_sweep, trunks_of
 
 TINY = ["--model", "patch=2", "--model", "window=[2, 4]"]  # the tiny grid needs a smaller patch and window
@@ -45,6 +45,10 @@ def test_assumed_mfu_prices_by_analytic_flops():
         assert r.device_hours == pytest.approx(r.wall_s * 4 / 3600)
     trunks = trunks_of(plan)
     assert list(runs.loc[runs["kind"] == "trunk", "samples"]) == list(trunks["samples"])
+    with_start = run_costs(plan, 8, 2, model, devices_per_run=4, overhead_s=5.0)  # a fixed cost per run
+    assert (with_start["wall_s"] - runs["wall_s"]).tolist() == pytest.approx([5.0] * len(runs))
+    a, b = (cost_summary(r, plan, model, 8, 4, o) for r, o in ((runs, 0.0), (with_start, 5.0)))
+    assert b["independent_device_hours"] - a["independent_device_hours"] == pytest.approx(len(plan) * 5 * 4 / 3600)
     assert list(runs.loc[runs["kind"] == "branch", "samples"]) == list(plan["cooldown_samples"])
 
 

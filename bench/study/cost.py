@@ -211,16 +211,16 @@ def sweep_wall_s(runs: pd.DataFrame, jobs: int) -> float:
 
 
 def cost_summary(runs: pd.DataFrame, plan: pd.DataFrame, model: CostModel, devices: int,
-                 devices_per_run: int) -> dict:
+                 devices_per_run: int, overhead_s: float = 0.0) -> dict:
     """Totals for sweep.json and the printed summary: device-hours (continual and if every point ran alone),
     wall time of the sweep on `devices` devices."""
     jobs = devices // devices_per_run
     if jobs < 1:
         raise WxscaleError(f"--devices {devices} is fewer than --devices-per-run {devices_per_run}")
     branches = runs[runs["kind"] == "branch"].set_index("run_id")
-    # if each IsoFLOP point were trained from scratch: its full samples at the branch's rate
-    independent_h = float(sum(
-        b.samples / branches.loc[b.run_id, "samples_per_s"] * devices_per_run / 3600 for b in plan.itertuples()))
+    # if each IsoFLOP point were trained from scratch: its full samples at the branch's rate, one run each
+    independent_h = float(sum((b.samples / branches.loc[b.run_id, "samples_per_s"] + overhead_s) * devices_per_run
+                              / 3600 for b in plan.itertuples()))
     return {
         "basis": model.kind,
         "description": model.description,

@@ -299,5 +299,5 @@ def _price(args: argparse.Namespace, spec: SweepSpec, plan: pd.DataFrame, summar
                             channels=spec.channels, tf32=bool(precision.get("tf32", False)), mfu=args.mfu,
                             loader=(base.get("data") or {}).get("loader"))
     runs = run_costs(plan, spec.global_batch, spec.rollout_steps, model, per_run, args.cost_overhead_s)
-    totals = cost_summary(runs, plan, model, args.devices, per_run)
+    totals = cost_summary(runs, plan, model, args.devices, per_run, args.cost_overhead_s)
     return add_plan_columns(plan, runs), {**summary, "cost": totals}, runs, summary_lines(runs, totals)
