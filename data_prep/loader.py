@@ -13,9 +13,15 @@ Order and sharding (:class:`EpochSampler`). Epoch e uses the permutation
 G = batch_size * world_size (the global batch), step s of the epoch takes perm[s*G:(s+1)*G] and rank r its
 contiguous slice [r*b:(r+1)*b]. So one rank with batch G and two ranks with batch G/2 see the same global
 batches, which makes data-parallel training equivalent to one process. With drop_last (training) the tail that
-cannot fill a global batch is dropped. Without it (validation) the tail is split as evenly as possible into
-contiguous slices, so every sample is seen exactly once across the ranks; ranks may then have a smaller last
-batch than others, or one batch fewer when the tail is shorter than the number of ranks.
+cannot fill a global batch is dropped. Without it (validation) every sample is seen exactly once across the
+ranks, and every rank still gets the same number of batches, ceil(n / G), whatever n and the number of ranks:
+a rank with fewer batches than the others would leave them waiting in a collective (the known hang of a DALI
+ERA5 pipeline over shards whose sample count the ranks do not divide). The tail is split as evenly as possible
+into contiguous slices, one last batch per rank; when it is shorter than the number of ranks, the last full
+global batch joins it and the two are split into two last batches per rank instead. Last batches may be
+smaller than the others. Only where no split can give every rank a sample in each batch (batch 1 per rank,
+or fewer samples than ranks) is a rank's last batch empty (0 samples, tensors of shape [0, ...]); the torch
+loader hands it out, the DALI loader too (without running its pipeline, which refuses empty batches).
 
 Position. ``for x, y in loader`` runs one epoch from the current position; the position (epoch, batch) names
 the next batch to read and is updated as each batch is handed out, so ``loader.state_dict()`` taken after a
@@ -154,16 +160,39 @@ class EpochSampler:
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.global_batch = self.batch_size * self.world_size
         self.n_full = self.n_samples // self.global_batch
-        tail = self.n_samples - self.n_full * self.global_batch
-        # Without drop_last the tail is split as evenly as possible: rank r gets q or q + 1 samples.
-        q, rem = divmod(tail, self.world_size) if not self.drop_last else (0, 0)
-        self._tail_len = q + (self.rank < rem)
-        self._tail_start = self.n_full * self.global_batch + self.rank * q + min(self.rank, rem)
+        self._last = self._balanced_last_batches()  # [(start, length)] of this rank's last batches
         self._perm_cache: tuple[int, np.ndarray] | None = None
 
+    def _balanced_last_batches(self) -> list[tuple[int, int]]:
+        """Without drop_last: where in the epoch's order this rank's last batches lie, so that every rank has
+        the same number of batches and every sample is read once (module doc). Empty with drop_last."""
+        tail = self.n_samples - self.n_full * self.global_batch
+        if self.drop_last or tail == 0:
+            return []
+        # With a tail shorter than the ranks, some rank would get no tail sample and one batch fewer: merge
+        # the last full global batch into the tail and cut two last batches per rank from the merged part.
+        n_last = 2 if tail < self.world_size and self.n_full > 0 else 1
+        start = (self.n_full + 1 - n_last) * self.global_batch
+        q, rem = divmod(self.n_samples - start, self.world_size)
+        mine = q + (self.rank < rem)  # contiguous share of this rank: q or q + 1 samples
+        lo = start + self.rank * q + min(self.rank, rem)
+        sizes = [len(a) for a in np.array_split(np.arange(mine), n_last)]  # <= batch_size (see module doc)
+        offsets = np.cumsum([0, *sizes])
+        return [(lo + int(o), int(n)) for o, n in zip(offsets, sizes, strict=False)]
+
+    @property
+    def n_regular(self) -> int:
+        """Batches that are slices of a full global batch (the rest are this rank's balanced last batches)."""
+        return self.n_full - (len(self._last) == 2)
+
+    @property
+    def n_nonempty(self) -> int:
+        """Batches with at least one sample: all of them except an empty last one (module doc)."""
+        return self.n_regular + sum(1 for _, n in self._last if n > 0)
+
     def __len__(self) -> int:
-        """Batches per epoch for this rank."""
-        return self.n_full + (self._tail_len > 0)
+        """Batches per epoch for this rank: the same on every rank."""
+        return self.n_regular + len(self._last)
 
     def perm(self, epoch: int) -> np.ndarray:
         if self._perm_cache is not None and self._perm_cache[0] == epoch:
@@ -180,10 +209,11 @@ class EpochSampler:
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range 0..{len(self) - 1}")
         p = self.perm(epoch)
-        if index < self.n_full:
+        if index < self.n_regular:
             lo = index * self.global_batch + self.rank * self.batch_size
             return p[lo : lo + self.batch_size]
-        return p[self._tail_start : self._tail_start + self._tail_len]
+        lo, n = self._last[index - self.n_regular]
+        return p[lo : lo + n]
 
     def batches(self, epoch: int, start: int = 0) -> list[np.ndarray]:
         return [self.batch(epoch, i) for i in range(start, len(self))]
@@ -200,6 +230,7 @@ class SampleReader:
         self.paths = [str(p) for p in index.shard_paths]
         self.shard_of, self.start_of = index.shard_of, index.start_of
         self.k = index.rollout_steps
+        self.grid = tuple(index.meta.grid)  # for the shape of an empty batch
         # float32 constants [C, 1, 1]: the same numbers the DALI pipeline uses (fn.normalize multiplies by
         # the float32 reciprocal of std, so we do too).
         self.mean = np.asarray(stats.mean, dtype=np.float32).reshape(-1, 1, 1)
@@ -228,7 +259,10 @@ class SampleReader:
             raise unreadable(self.paths[shard], err) from err
 
     def read_batch(self, ids) -> tuple[np.ndarray, np.ndarray]:
-        """Un-normalised batch: x [B, C, H, W] and y [B, K, C, H, W], float32, contiguous."""
+        """Un-normalised batch: x [B, C, H, W] and y [B, K, C, H, W], float32, contiguous (B may be 0)."""
+        if len(ids) == 0:  # a balanced last batch with no sample (EpochSampler, module doc)
+            shape = (len(self.mean), *self.grid)
+            return np.empty((0, *shape), np.float32), np.empty((0, self.k, *shape), np.float32)
         first = self.raw(ids[0])
         x = np.empty((len(ids), *first.shape[1:]), np.float32)
         y = np.empty((len(ids), self.k, *first.shape[1:]), np.float32)
@@ -475,8 +509,8 @@ class _DaliSource:
     def __call__(self, info) -> tuple[np.ndarray, np.ndarray]:
         epoch = self.epoch0 + info.epoch_idx
         b = info.iteration + (self.batch0 if info.epoch_idx == 0 else 0)
-        if b >= len(self.sampler):
-            raise StopIteration  # also for the iterations DALI prefetches past the end
+        if b >= self.sampler.n_nonempty:
+            raise StopIteration  # also for the iterations DALI prefetches past the end, and an empty last batch
         return self.reader.read_batch(self.sampler.batch(epoch, b))  # normalised in the pipeline
 
 
@@ -550,7 +584,7 @@ class DaliLoader(_Loader):
 
     def _sync(self, epoch: int, start: int) -> None:
         """Make the pipeline's next batch (epoch, start): finish a drained epoch, or rebuild after a jump."""
-        if self._pipe is not None and self._pipe_pos is not None and self._pipe_pos[1] >= len(self):
+        if self._pipe is not None and self._pipe_pos is not None and self._pipe_pos[1] >= self.sampler.n_nonempty:
             try:  # every batch of the epoch was read: collect DALI's StopIteration and start the next epoch
                 self._pipe.run()
                 self._pipe_pos = None  # more batches than expected: the pipeline is out of step
@@ -561,13 +595,18 @@ class DaliLoader(_Loader):
             self._build(epoch, start)
 
     def _batches(self, epoch: int, start: int):
-        n = len(self)
-        if start >= n:
-            return
-        self._sync(epoch, start)
-        for b, (x, y) in enumerate(_worker_errors_as_one_line(self._pipe.run() for _ in range(start, n)), start):
-            self._pipe_pos = (epoch, b + 1)
-            yield self._to_torch(x), self._to_torch(y)
+        n, n_pipe = len(self), self.sampler.n_nonempty
+        if start < n_pipe:
+            self._sync(epoch, start)
+            batches = _worker_errors_as_one_line(self._pipe.run() for _ in range(start, n_pipe))
+            for b, (x, y) in enumerate(batches, start):
+                self._pipe_pos = (epoch, b + 1)
+                yield self._to_torch(x), self._to_torch(y)
+        for _ in range(max(start, n_pipe), n):  # an empty last batch: DALI refuses those, so it is made here
+            import torch
+
+            x, y = self.reader.read_batch([])
+            yield torch.from_numpy(x).to(self.device or "cpu"), torch.from_numpy(y).to(self.device or "cpu")
 
     def _to_torch(self, tl):
         import torch

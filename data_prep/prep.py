@@ -63,11 +63,13 @@ from wxscale.data_prep.layout import (
 from wxscale.data_prep.reader import (
     Channel,
     channel_specs,
+    is_zarr_store,
     normalise,
     open_inputs,
     parse_vars,
     read_channels,
     select_channels,
+    zarr_store_provenance,
 )
 from wxscale.errors import WxscaleError
 from wxscale.files import atomic_output_dir, partial_leftovers, write_json_atomic
@@ -824,8 +826,11 @@ def _provenance(
 
 
 def checksum_input(path: str | os.PathLike) -> dict:
-    """Provenance of one input: absolute path, size, sha256 (of every file, in order, for a zarr dir)."""
+    """Provenance of one input: absolute path, size, sha256 (of every file, in order, for a dir; of the metadata
+    only for a zarr store, :func:`data_prep.reader.zarr_store_provenance`, which never reads its chunks)."""
     p = Path(path).resolve()
+    if is_zarr_store(p):
+        return zarr_store_provenance(p)
     if p.is_dir():
         import hashlib
 

@@ -7,7 +7,10 @@ to ``samples = C / flops_per_sample``. The trunk runs only to the last branch po
 IsoFLOP grid costs far less than independent runs of every point; the plan reports both.
 
 The plan is written to ``<sweep>/plan.csv`` (columns in ARCHITECTURE.md) with ``<sweep>/sweep.json`` holding the
-spec and a hash of the plan, so a sweep dir is never silently reused with a different plan.
+spec and a hash of the plan, so a sweep dir is never silently reused with a different plan. With ``--cost`` the
+plan is also priced before anything runs (:mod:`wxscale.study.cost`: device-hours and wall time per run and in
+total, from a measured throughput CSV or an assumed MFU): plan.csv gains ``planned_*`` columns, ``cost.csv``
+lists every trunk and branch, and sweep.json's summary holds the totals under ``cost``.
 """
 
 from __future__ import annotations
@@ -126,9 +129,11 @@ def plan_sweep(spec: SweepSpec) -> tuple[pd.DataFrame, dict[str, float]]:
             )
     plan = pd.DataFrame(rows)
     trunk_samples = plan.groupby("trunk_id").agg(to=("branch_from_samples", "max"), fps=("flops_per_sample", "first"))
-    continual = float((trunk_samples["to"] * trunk_samples["fps"]).sum()
-                      + (plan["cooldown_samples"] * plan["flops_per_sample"]).sum() * spec.rollout_steps)
-    independent = float((plan["samples"] * plan["flops_per_sample"]).sum())
+    # in float: samples x FLOPs per sample passes int64's 9.2e18 at the seed paper's budgets (1e19 and up)
+    fps = plan["flops_per_sample"].astype(float)
+    continual = float((trunk_samples["to"] * trunk_samples["fps"].astype(float)).sum()
+                      + (plan["cooldown_samples"] * fps).sum() * spec.rollout_steps)
+    independent = float((plan["samples"] * fps).sum())
     summary = {
         "n_branches": len(plan),
         "n_trunks": len(trunk_samples),
@@ -272,6 +277,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a model field for every size, e.g. --model patch=2 (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace a different plan in --out")
+    cost = parser.add_argument_group("cost (wxscale.study.cost): device-hours and wall time before anything runs")
+    cost.add_argument("--cost", metavar="FILE", help="a `wxscale bench throughput` CSV measured on the target "
+                      "system, or peak:DEVICE (e.g. peak:H100) from the device peak table with --mfu")
+    cost.add_argument("--mfu", type=float, help="with --cost peak:DEVICE: the fraction of peak training reaches")
+    cost.add_argument("--devices", type=int, default=1, help="devices the sweep may use at once (default 1)")
+    cost.add_argument("--devices-per-run", type=int, default=None,
+                      help="devices one run trains on, data-parallel (default: all of --devices)")
+    cost.add_argument("--cost-overhead-s", type=float, default=0.0,
+                      help="fixed seconds per run beside training (start-up, checks, validation); default 0")
 
 
 def parse_sizes(text: str) -> list[str]:
@@ -291,7 +305,6 @@ def parse_sizes(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from wxscale.data_prep.layout import load_meta
     from wxscale.files import ensure_writable_dir
     from wxscale.training.config import read_yaml_file
@@ -311,12 +324,39 @@ def run(args: argparse.Namespace) -> int:
     plan, summary = plan_sweep(spec)
     validate_base_config(base, spec, plan, f"--train-config {args.train_config}")
     ensure_writable_dir(args.out, "--out")
+    cost_lines, cost_runs = None, None
+    if args.cost:
+        plan, summary, cost_runs, cost_lines = _price(args, spec, plan, summary, base)
+    elif args.mfu is not None:
+        raise WxscaleError("--mfu is for --cost peak:DEVICE; give --cost too")
     write_plan(args.out, spec, plan, summary, base, overwrite=args.overwrite)
+    if args.cost:
+        from wxscale.study.cost import write_costs
+
+        write_costs(args.out, cost_runs)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(plan[["run_id", "params", "samples", "steps", "branch_from_samples", "cooldown_samples"]]
               .to_string(index=False))
     print(f"\n{summary['n_branches']} branches on {summary['n_trunks']} trunks. Continual training: "
           f"{summary['continual_flops']:.3g} FLOPs; independent runs: {summary['independent_flops']:.3g} FLOPs "
           f"({100 * summary['saved_fraction']:.0f} % saved).")
-    print(f"wrote {args.out / PLAN_CSV} and {args.out / SWEEP_JSON}")
+    if cost_lines:
+        print("\n" + "\n".join(cost_lines))
+    print(f"wrote {args.out / PLAN_CSV} and {args.out / SWEEP_JSON}" + (" and cost.csv" if args.cost else ""))
     return 0
+
+
+def _price(args: argparse.Namespace, spec: SweepSpec, plan: pd.DataFrame, summary: dict, base: dict):
+    """--cost: price every run (wxscale.study.cost); plan.csv gains per-branch columns, sweep.json the totals."""
+    from wxscale.study.cost import add_plan_columns, cost_summary, load_cost_model, run_costs, summary_lines
+
+    precision = base.get("precision") or {}
+    if args.devices < 1:
+        raise WxscaleError(f"--devices {args.devices}: must be >= 1")
+    per_run = args.devices_per_run or args.devices
+    model = load_cost_model(args.cost, precision=precision.get("dtype", "fp32"), grid=spec.grid,
+                            channels=spec.channels, tf32=bool(precision.get("tf32", False)), mfu=args.mfu,
+                            loader=(base.get("data") or {}).get("loader"))
+    runs = run_costs(plan, spec.global_batch, spec.rollout_steps, model, per_run, args.cost_overhead_s)
+    totals = cost_summary(runs, plan, model, args.devices, per_run, args.cost_overhead_s)
+    return add_plan_columns(plan, runs), {**summary, "cost": totals}, runs, summary_lines(runs, totals)
