@@ -41,8 +41,8 @@ from pathlib import Path
 
 from wxscale.args import parse_list
 from wxscale.errors import WxscaleError
-from wxscale.files import save_figure, write_csv
-from wxscale.perf.throughput import add_step_arguments, usable_cores
+from wxscale.files import write_csv
+from wxscale.perf.throughput import add_step_arguments, finish_figure, usable_cores
 from wxscale.provenance import PROVENANCE_COLUMNS
 
 COLUMNS = [
@@ -187,10 +187,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     ax2.legend(fontsize=7)
     r0 = rows[0]
-    fig.suptitle(f"data-parallel scaling on {r0.get('device', '')} ({r0.get('cores', '?')} cores, "
-                 f"threads per rank = cores // ranks)", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path)
+    finish_figure(fig, f"data-parallel scaling on {r0.get('device', '')} ({r0.get('cores', '?')} cores, "
+                       f"threads per rank = cores // ranks)", path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
             sys.executable, "-m", "wxscale.cli", "bench", "throughput", "--dataset", args.dataset,
             "--sizes", args.sizes, "--batch", ",".join(map(str, per_rank)), "--precision", args.precision,
             "--loader", args.loader, "--num-workers", str(args.num_workers), "--warmup", str(args.warmup),
-            "--steps", str(args.steps), "--repeats", str(args.repeats), "--device", args.device,
+            "--steps", str(args.steps), "--repeats", str(args.repeats), "--run-steps", str(args.run_steps),
+            "--device", args.device,
             "--threads", str(threads), "--skip-loader", "--out", str(sub),
             "--wireup", "mpi" if args.launcher == "mpiexec" else "slurm", *args.overrides,
         ]

@@ -245,9 +245,9 @@ class _StopSignal:
 
 # The parts of a step (timed inside :meth:`Trainer.train_step` and around its batch fetch) and of the loop around
 # it (timed whenever they happen, amortised over all steps). DDP's gradient all-reduce overlaps the backward pass
-# and is counted in it; "allreduce" is the loop's own reduction of the losses and the stop flag at each sync.
+# and is counted in it; "sync" is the loop's own all-reduce of the losses and the stop flag, and its host read.
 STEP_PHASES = ("data_wait", "host_to_device", "forward", "backward", "optimizer")
-LOOP_PHASES = ("allreduce", "logging", "validation", "checkpoint")
+LOOP_PHASES = ("sync", "logging", "validation", "checkpoint")
 BREAKDOWN = (*STEP_PHASES, *LOOP_PHASES, "remainder")
 CUDA_TIMED_EVERY = 20  # on CUDA the trainer times one step in this many: a timed step synchronises at each phase
 
@@ -266,7 +266,8 @@ class StepClock:
         self.seconds = dict.fromkeys(STEP_PHASES + LOOP_PHASES, 0.0)
         self.timed_steps, self._on, self._t = 0, False, 0.0
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """The time, after the device finished its queued work (CUDA)."""
         if self.cuda:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
@@ -275,22 +276,22 @@ class StepClock:
         self._on = timed
         if timed:
             self.timed_steps += 1
-            self._t = self._now()
+            self._t = self.now()
 
     def mark(self, phase: str) -> None:
         """The time since the previous mark (or the step's begin) was spent in ``phase``."""
         if self._on:
-            t = self._now()
+            t = self.now()
             self.seconds[phase] += t - self._t
             self._t = t
 
     @contextlib.contextmanager
     def span(self, phase: str):
-        t0 = self._now()
+        t0 = self.now()
         try:
             yield
         finally:
-            self.seconds[phase] += self._now() - t0
+            self.seconds[phase] += self.now() - t0
             self._t = time.perf_counter()  # a span inside a timed step is not counted twice
 
     def breakdown(self, steps: int, loop_s: float) -> dict[str, float | None]:
@@ -486,6 +487,10 @@ class Trainer:
         self.trainable = [p for p in self.net.parameters() if p.requires_grad]  # listed once, not every step
         self.checkpoint_at = set(cfg.run.checkpoint_at_samples)
         self._idle_clock = self.clock = StepClock(device)  # never begun: its marks cost nothing
+        self.time_every = CUDA_TIMED_EVERY if device.type == "cuda" else 1
+        self._batches = None  # the train loader's current epoch
+        self.metrics, self.bar = None, None  # rank 0's metrics.csv and progress bar, opened by run()
+        self.saved: list[str] = []  # checkpoint names written by this process
 
     def _load_state(self) -> None:
         s, cfg = self.state, self.cfg
@@ -615,8 +620,6 @@ class Trainer:
     def _begin(self) -> _Progress:
         """Write config.yaml, open metrics.csv (rank 0) and the progress bar; the loop's starting state."""
         cfg = self.cfg
-        self.saved: list[str] = []
-        self.metrics, self.bar = None, None
         if self.main:
             save_config(cfg, self.run_dir / "config.yaml")
             columns = BASE_COLUMNS + [f"val_rmse_{c}" for c in self.channels]
@@ -628,32 +631,45 @@ class Trainer:
                 self.bar = tqdm(total=self.total_steps, initial=self.step0, desc=f"train {self.run_dir.name}",
                                 unit="step", dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
         self.clock = StepClock(self.device)
+        return self.start_progress()
+
+    def start_progress(self) -> _Progress:
+        """The loop's state at this run's starting point (fresh, resumed or branched)."""
         return _Progress(step=self.step0, samples=self.samples0, flops=self.flops0,
                          reason=f"reached {self.total_samples} samples", wall0=self.wall0)
 
     def _train(self, p: _Progress, stop: _StopSignal) -> None:
-        """Step until the run's end, a stop or a failure. Every step is timed on CPU; on CUDA one step in
-        :data:`CUDA_TIMED_EVERY` (timing synchronises the device)."""
-        G = self.cfg.run.global_batch
+        """Step until the run's end, a stop or a failure."""
         self.step_module.train()
-        batches, fetched = iter(self.loader), 0
         while p.step < self.total_steps:
-            self.clock.begin_step(timed=self.device.type != "cuda" or p.step % CUDA_TIMED_EVERY == 0)
-            batch = next(batches, None)
-            if batch is None:  # an epoch ended: the loader's next epoch (shuffled anew)
-                if fetched == 0:
-                    raise WxscaleError(f"{self.cfg.data.dataset}: the train split yields no batch of "
-                                       f"{self.per_rank} samples per rank; lower run.global_batch")
-                batches, fetched = iter(self.loader), 0
-                continue
-            fetched += 1
-            self.clock.mark("data_wait")
-            loss, grad_norm = self.train_step(*batch, p.samples + G, self.clock)
-            p.pending.append(loss)
-            p.grad_norm = grad_norm
-            p.step, p.samples, p.flops = p.step + 1, p.samples + G, p.flops + G * self.flops_per_sample
-            if self._after_step(p, stop):
+            if self.loop_step(p, stop):
                 return
+
+    def loop_step(self, p: _Progress, stop: _StopSignal) -> bool:
+        """One iteration of the training loop, as `wxscale bench throughput` times it too: wait for the next
+        batch, :meth:`train_step`, then sync / validate / log / checkpoint where their intervals fall. Every
+        ``time_every``-th step is timed by phase (all on CPU; one in :data:`CUDA_TIMED_EVERY` on CUDA, since
+        timing synchronises). True when the loop must end."""
+        G = self.cfg.run.global_batch
+        self.clock.begin_step(timed=self.time_every > 0 and p.step % self.time_every == 0)
+        x, y = self._next_batch()
+        self.clock.mark("data_wait")
+        loss, grad_norm = self.train_step(x, y, p.samples + G, self.clock)
+        p.pending.append(loss)
+        p.grad_norm = grad_norm
+        p.step, p.samples, p.flops = p.step + 1, p.samples + G, p.flops + G * self.flops_per_sample
+        return self._after_step(p, stop)
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loader's next batch; at an epoch's end, the next epoch's first (the loader reshuffles)."""
+        batch = next(self._batches, None) if self._batches is not None else None
+        if batch is None:
+            self._batches = iter(self.loader)
+            batch = next(self._batches, None)
+            if batch is None:
+                raise WxscaleError(f"{self.cfg.data.dataset}: the train split yields no batch of "
+                                   f"{self.per_rank} samples per rank; lower run.global_batch")
+        return batch
 
     def _after_step(self, p: _Progress, stop: _StopSignal) -> bool:
         """Sync, validate, log and checkpoint where their intervals fall; True when the loop must end.
@@ -697,7 +713,7 @@ class Trainer:
         """Read the losses of the steps since the last sync (mean over ranks) and whether any rank wants to
         stop: one all-reduce and one host read. False (and status failed) at a non-finite loss."""
         cfg, G, n = self.cfg, self.cfg.run.global_batch, len(p.pending)
-        with self.clock.span("allreduce"):
+        with self.clock.span("sync"):
             want_stop = stop.reason is not None or (cfg.run.max_wall_s is not None and p.wall() > cfg.run.max_wall_s)
             flag = torch.tensor([float(want_stop)], dtype=torch.float64, device=self.device)
             reduced = distributed.all_reduce(torch.cat([torch.stack(p.pending).double(), flag]))
@@ -786,7 +802,7 @@ class Trainer:
             "cooldown_start_samples": self.schedule.cooldown_start,
             **self.branch,
             "resumed_from": str(self.source) if self.mode == "resume" else None,
-            "checkpoints": getattr(self, "saved", []),
+            "checkpoints": self.saved,
             "optimizer_impl": self.optim_impl, "precision": cfg.precision.dtype, "compile": cfg.model.compile,
             "compile_mode": cfg.model.compile_mode if cfg.model.compile else None,
             "deterministic": torch.are_deterministic_algorithms_enabled(),
