@@ -21,6 +21,18 @@ training FLOPs per sample (3 x forward matmul FLOPs x rollout steps) times the s
 - ``--resume`` continues from the run dir's latest checkpoint; on CPU in fp32 the continued run is bit-for-bit
   the uninterrupted one (same losses at every step, same final weights).
 
+The loop, top to bottom: :meth:`Trainer.run` -> ``_begin`` (config.yaml, metrics.csv, progress bar) ->
+``_train``, which repeats :meth:`Trainer.loop_step` (wait for a batch, :meth:`Trainer.train_step`, then
+``_after_step``: at sync points ``_sync``, validation, ``_log``, ``_save``) -> ``_finish`` (summary.json).
+:meth:`Trainer.train_step` is the one training step (schedule, host-to-device, forward, backward, clip, optimizer);
+``wxscale bench throughput`` times the same methods. A step never waits for the host: the losses and the
+gradient norm stay on the device until a sync point (every ``logging.every_steps``, each validation and
+checkpoint, the end), where one all-reduce and one host read fetch them with the stop flag. So a non-finite loss
+is found there, before any checkpoint could keep it (the run ends at the last good step and names the bad one),
+and a signal or ``run.max_wall_s`` stops the run at the next sync point. summary.json holds the step-time
+breakdown (``step_breakdown_s``, :class:`StepClock`), the speed-relevant settings and the determinism setting
+(``run.deterministic``: "auto" is bit-exact on CPU, non-deterministic and faster on CUDA).
+
 Validation (every ``validation.every_samples`` and at the end) reports the one-step latitude-weighted MSE in
 normalised units (``val_loss``, the same for every loss variant, so branches compare) and the latitude-weighted
 RMSE per channel in physical units (``val_rmse_<channel>``).
