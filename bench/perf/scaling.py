@@ -5,15 +5,16 @@
 
 For each rank count R this command launches ``wxscale bench throughput`` as R ranks (``mpiexec -n R``, the
 ``mpiexec`` installed next to this Python, wired up with mpi4py; or ``srun --ntasks R`` inside a Slurm
-allocation), which times the trainer's DDP step (gloo on CPU, NCCL on GPUs) per configuration. One launch per R
+allocation), which times the training loop's own step (:meth:`Trainer.loop_step`, DDP: gloo on CPU, NCCL on
+GPUs) per configuration. One launch per R
 covers both modes: it runs every per-rank batch either mode needs.
 
 - Weak scaling keeps the per-rank batch b fixed (global batch R b): efficiency E_w(R) = X(R) / (R X(R0)).
 - Strong scaling keeps the global batch B fixed (per-rank B / R): efficiency E_s(R) = X(R) / (R X(R0)).
 
-X is the global samples/s (median over repeats) and R0 the smallest rank count asked (normally 1), so
+X is the global samples/s (over the median step, each step the slowest rank's) and R0 the smallest rank count asked (normally 1), so
 ``efficiency`` = 1 is perfect scaling; ``speedup`` = X(R) / X(R0); ``efficiency_best`` is the same ratio of the
-best repeats (the least disturbed on a shared machine). ``--rounds N`` launches the rank counts N times in turn
+fastest steps (the least disturbed on a shared machine). ``--rounds N`` launches the rank counts N times in turn
 (1, 2, 1, 2, ...) and keeps, per configuration and rank count, the round with the highest median: load from other
 jobs that comes and goes then hits every rank count alike rather than one of them. Weak scaling is the regime of
 Gustafson's law (1988, "Reevaluating Amdahl's law"), strong scaling that of Amdahl's law (1967).
