@@ -3,6 +3,9 @@ sync points, the step-time breakdown in summary.json, the determinism setting, a
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -79,3 +82,18 @@ def test_determinism_default_per_device():
         assert set_determinism(True, torch.device("cuda")) is True
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.skipif(not os.environ.get("WXSCALE_COMPILE_TESTS"),
+                    reason="torch.compile on CPU takes minutes here; set WXSCALE_COMPILE_TESTS=1 to run it")
+def test_compiled_step_trains_like_eager(tiny_dataset, tmp_path):
+    """model.compile=true (inductor on CPU) runs the same train_step: the first losses match eager closely."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile on CPU needs a C compiler")
+    losses = {}
+    for compiled in (False, True):
+        cfg = tiny_config(tiny_dataset, run={"target_samples": 12}, model={"compile": compiled})
+        summary = train(cfg, run_dir=tmp_path / f"c{compiled}")
+        assert summary["status"] == "complete" and summary["compile"] is compiled
+        losses[compiled] = [float(r["train_loss"]) for r in read_metrics(tmp_path / f"c{compiled}")]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)

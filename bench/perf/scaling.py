@@ -12,12 +12,13 @@ covers both modes: it runs every per-rank batch either mode needs.
 - Weak scaling keeps the per-rank batch b fixed (global batch R b): efficiency E_w(R) = X(R) / (R X(R0)).
 - Strong scaling keeps the global batch B fixed (per-rank B / R): efficiency E_s(R) = X(R) / (R X(R0)).
 
-X is the global samples/s (over the median step, each step the slowest rank's) and R0 the smallest rank count asked (normally 1), so
-``efficiency`` = 1 is perfect scaling; ``speedup`` = X(R) / X(R0); ``efficiency_best`` is the same ratio of the
-fastest steps (the least disturbed on a shared machine). ``--rounds N`` launches the rank counts N times in turn
-(1, 2, 1, 2, ...) and keeps, per configuration and rank count, the round with the highest median: load from other
-jobs that comes and goes then hits every rank count alike rather than one of them. Weak scaling is the regime of
-Gustafson's law (1988, "Reevaluating Amdahl's law"), strong scaling that of Amdahl's law (1967).
+X is the global samples/s (over the median step, each step the slowest rank's) and R0 the smallest rank count
+asked (normally 1), so ``efficiency`` = 1 is perfect scaling; ``speedup`` = X(R) / X(R0); ``efficiency_best`` is
+the same ratio of the fastest steps (the least disturbed on a shared machine). ``--rounds N`` launches the rank
+counts N times in turn (1, 2, 1, 2, ...) and keeps, per configuration and rank count, the round with the highest
+median: load from other jobs that comes and goes then hits every rank count alike rather than one of them. Weak
+scaling is the regime of Gustafson's law (1988, "Reevaluating Amdahl's law"), strong scaling that of Amdahl's law
+(1967).
 
 CPU threads: each rank gets ``--threads`` torch threads, by default usable cores // R, so R ranks on C cores do
 not oversubscribe them (2 ranks on 2 cores: 1 thread each; one rank: 2). The CSV records threads per rank and

@@ -28,8 +28,8 @@ of the step time or samples/s (as in the trainer's own samples/s). With several 
 alone (``grad_allreduce_s``) is what it would cost if nothing overlapped it.
 
 The bare model rate: :meth:`Trainer.train_step` alone on one batch already on the device (forward, backward,
-optimizer), ``--steps`` x ``--repeats`` steps; ``loop_efficiency`` = loop samples/s over bare samples/s, at the
-same batch.
+optimizer), ``--steps`` x ``--repeats`` steps, each repeat right after one of the loop's (so load on a shared
+machine hits both alike); ``loop_efficiency`` = loop samples/s over bare samples/s, at the same batch.
 
 Each row also carries what makes rows comparable: ``config_hash`` (the resolved trainer config without its run
 dir, the world size and threads), the speed-relevant settings (TF32 flags, torch threads, ``OMP_NUM_THREADS``, CPU
@@ -285,18 +285,26 @@ def measure(trainer, warmup: int, steps: int, repeats: int, time_loader: bool = 
 
     trainer.step_module.train()
     n = steps * repeats
-    # the loop rate: every step timed whole; on CUDA without phase timing (a phase reading synchronises)
+    x, y = (t.to(device) for t in trainer._next_batch())  # the bare model's batch, already in memory
+
+    def bare() -> None:
+        trainer.train_step(x, y, progress.samples)
+
     for _ in range(warmup):
         loop()
+        bare()
+    # The loop and the bare model take turns, a repeat of each at a time, so load that comes and goes on a
+    # shared machine hits both alike and their ratio (the loop efficiency) stays fair. Every step is timed whole;
+    # on CUDA without phase timing (a phase reading synchronises), which gets a pass of its own.
     trainer.clock, trainer.time_every = StepClock(device), 0 if cuda else 1
-    step_s = time_steps(loop, 0, n, now)
-    if cuda:  # the breakdown in a pass of its own
+    step_s, bare_s = [], []
+    for _ in range(repeats):
+        step_s += time_steps(loop, 0, steps, now)
+        bare_s += time_steps(bare, 0, steps, now)
+    if cuda:
         trainer.clock, trainer.time_every = StepClock(device), 1
         time_steps(loop, 0, steps, now)
     clock = trainer.clock
-    # the bare model: the same step on one batch already in memory
-    x, y = (t.to(device) for t in trainer._next_batch())
-    bare_s = time_steps(lambda: trainer.train_step(x, y, progress.samples), warmup, n, now)
     # the slowest rank sets the pace of each synchronous data-parallel step
     step_s = distributed.all_reduce(step_s, op="max", device=on_gpu)
     bare_s = distributed.all_reduce(bare_s, op="max", device=on_gpu)
