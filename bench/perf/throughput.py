@@ -285,7 +285,7 @@ def measure(trainer, warmup: int, steps: int, repeats: int, time_loader: bool = 
 
     trainer.step_module.train()
     n = steps * repeats
-    x, y = (t.to(device) for t in trainer._next_batch())  # the bare model's batch, already in memory
+    x, y = (t.to(device) for t in trainer.next_batch())  # the bare model's batch, already in memory
 
     def bare() -> None:
         trainer.train_step(x, y, progress.samples)

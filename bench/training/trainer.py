@@ -664,7 +664,7 @@ class Trainer:
         timing synchronises). True when the loop must end."""
         G = self.cfg.run.global_batch
         self.clock.begin_step(timed=self.time_every > 0 and p.step % self.time_every == 0)
-        x, y = self._next_batch()
+        x, y = self.next_batch()
         self.clock.mark("data_wait")
         loss, grad_norm = self.train_step(x, y, p.samples + G, self.clock)
         p.pending.append(loss)
@@ -672,7 +672,7 @@ class Trainer:
         p.step, p.samples, p.flops = p.step + 1, p.samples + G, p.flops + G * self.flops_per_sample
         return self._after_step(p, stop)
 
-    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The loader's next batch; at an epoch's end, the next epoch's first (the loader reshuffles)."""
         batch = next(self._batches, None) if self._batches is not None else None
         if batch is None:
