@@ -153,6 +153,11 @@ def local_ranks(world_size: int, env=None) -> int:
 # measurement
 
 
+class ImpossibleMfu(WxscaleError):
+    """A row whose MFU exceeds 100 %: its FLOP count or its peak is wrong (on a shared CPU, often a matmul peak
+    measured while other jobs held the cores), so it is left out rather than written."""
+
+
 def time_steps(step: Callable[[], object], warmup: int, steps: int,
                clock: Callable[[], float] = time.perf_counter) -> list[float]:
     """Run ``warmup`` untimed calls of ``step``, then ``steps`` timed ones; the wall seconds of each timed call.
@@ -327,7 +332,7 @@ def measure(trainer, warmup: int, steps: int, repeats: int, time_loader: bool = 
     fps = sps * trainer.flops_per_sample
     mfu = model_flops_utilisation(fps, trainer.peak, world.world_size)
     if mfu is not None and mfu > 1.0:
-        raise WxscaleError(f"{trainer.cfg.model.size}: MFU {100 * mfu:.0f} % is above 100 %: the FLOP count "
+        raise ImpossibleMfu(f"{trainer.cfg.model.size}: MFU {100 * mfu:.0f} % is above 100 %: the FLOP count "
                            f"({trainer.flops_per_sample:.3g}/sample) or the peak ({trainer.peak_source}) is wrong; "
                            "the row is refused")
     meta = trainer.meta
@@ -491,6 +496,7 @@ def run(args: argparse.Namespace) -> int:
     distributed.init(world, device)
     out = Path(args.out)
     rows: list[dict] = []
+    refused: list[str] = []
     try:
         if world.is_main:
             out.mkdir(parents=True, exist_ok=True)
@@ -522,6 +528,11 @@ def run(args: argparse.Namespace) -> int:
             try:
                 row = measure(trainer, args.warmup, args.steps, args.repeats, time_loader=not args.skip_loader,
                               amortise=amortise)
+            except ImpossibleMfu as err:  # every rank raises it alike (the reduced times decide)
+                refused.append(str(err))
+                if world.is_main:
+                    print(f"wxscale bench throughput: row refused: {err}", file=sys.stderr)
+                continue
             finally:
                 if hasattr(trainer.loader, "close"):
                     trainer.loader.close()
@@ -548,6 +559,10 @@ def run(args: argparse.Namespace) -> int:
         distributed.barrier()
         if world.is_main:
             shutil.rmtree(out / ".work", ignore_errors=True)
+        if not rows:
+            raise WxscaleError(f"every configuration was refused ({refused[0]}); if the machine is shared, rerun "
+                               "when it is quieter, or check the FLOP count")
+        if world.is_main:
             plot(rows, out / "throughput.png")
             _summary(rows)
             print(f"wrote {out / 'throughput.csv'} and {out / 'throughput.png'}")
