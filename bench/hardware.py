@@ -8,6 +8,7 @@ cached per process: :func:`measure_matmul_peak` (also used by ``wxscale bench mo
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import time
 
@@ -89,8 +90,11 @@ def describe_device(device: torch.device | str) -> dict:
     return out
 
 
-def peak_flops(device: torch.device | str, precision: str = "fp32", tf32: bool = False) -> tuple[float, str]:
-    """Peak FLOP/s of one device for ``precision`` (fp32, bf16, fp16) and where the number comes from."""
+def peak_flops(device: torch.device | str, precision: str = "fp32", tf32: bool = False) -> tuple[float | None, str]:
+    """Peak FLOP/s of one device for ``precision`` (fp32, bf16, fp16) and where the number comes from.
+
+    A GPU missing from :data:`GPU_PEAKS` has no peak (None): its MFU is left empty rather than guessed.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         name = describe_device(device)["name"]
@@ -98,5 +102,39 @@ def peak_flops(device: torch.device | str, precision: str = "fp32", tf32: bool =
         key = "tf32" if precision == "fp32" and tf32 else precision
         if entry is not None:
             return entry[key], f"{GPU_PEAK_SOURCE}: {name} {key}"
-        return measure_matmul_peak(_DTYPES[precision], device), f"measured matmul peak ({name} not in the table)"
+        return None, f"{name} is not in the peak table (wxscale.hardware.GPU_PEAKS): MFU left empty"
     return measure_matmul_peak(_DTYPES[precision], device), f"measured {precision} matmul peak on this CPU"
+
+
+def model_flops_utilisation(flops_per_s: float, peak: float | None, devices: int = 1) -> float | None:
+    """Achieved over peak FLOP/s across ``devices``; None when the peak is unknown (never a guess)."""
+    if peak is None or not peak > 0:
+        return None
+    return flops_per_s / (peak * devices)
+
+
+def _ranges(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (CPU affinity lists, as taskset prints them)."""
+    out: list[str] = []
+    for c in sorted(cpus):
+        if out and int(out[-1].split("-")[-1]) == c - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{c}"
+        else:
+            out.append(str(c))
+    return ",".join(out)
+
+
+def speed_settings(device: torch.device | str) -> dict[str, str]:
+    """The settings that change training speed, for timing rows and run summaries: TF32, thread counts, CPU
+    affinity, and every ``NCCL_*`` environment variable (semicolon-separated ``KEY=VALUE``)."""
+    device = torch.device(device)
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cuda = device.type == "cuda"
+    return {
+        "tf32_matmul": str(torch.backends.cuda.matmul.allow_tf32) if cuda else "",
+        "tf32_cudnn": str(torch.backends.cudnn.allow_tf32) if cuda else "",
+        "torch_threads": str(torch.get_num_threads()),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+        "cpu_affinity": _ranges(affinity),
+        "nccl_env": ";".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")),
+    }

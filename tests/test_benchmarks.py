@@ -21,14 +21,16 @@ from tests.train_utils import REPO, child_env
 from wxscale.cli import main
 from wxscale.perf.scaling import COLUMNS as SCALING_COLUMNS
 from wxscale.perf.scaling import best_of_rounds, efficiencies
-from wxscale.perf.throughput import COLUMNS, time_repeats
+from wxscale.perf.throughput import BREAKDOWN_COLUMNS, COLUMNS, config_hash, events_per_step, time_steps
 from wxscale.provenance import PROVENANCE_COLUMNS, provenance
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 # The tiny dataset is 8 x 16: s0/s1 need smaller patches and windows to fit it.
 TINY_MODEL = ["model.overrides.patch=2", "model.overrides.window=[2,4]"]
-NUMERIC = ["params", "step_s_median", "step_s_min", "step_s_max", "data_s_median", "samples_per_s",
-           "samples_per_s_min", "samples_per_s_max", "train_flops_per_sample", "tflops_per_s",
+NUMERIC = ["params", "step_s_median", "step_s_p10", "step_s_p90", "step_s_min", "step_s_max", "data_s_median",
+           "samples_per_s", "samples_per_s_min", "samples_per_s_max", "bare_step_s_median", "bare_samples_per_s",
+           "loop_efficiency", "forward_s", "backward_s", "optimizer_s", "validation_s", "checkpoint_s",
+           "train_flops_per_sample", "tflops_per_s",
            "peak_tflops_per_device", "mfu", "loader_samples_per_s", "loader_mb_per_s", "loader_to_train_ratio",
            "peak_mem_mb"]
 
@@ -56,19 +58,17 @@ def throughput_dir(tiny_dataset, tmp_path_factory) -> Path:
 # ----- throughput
 
 
-def test_time_repeats_never_times_warmup():
+def test_time_steps_never_times_warmup():
     """A fake clock: warm-up steps take 100 s each, timed ones 1 s; only the timed ones may show."""
     now, calls = [0.0], [0]
 
-    def step() -> float:
+    def step() -> None:
         calls[0] += 1
-        now[0] += 100.0 if calls[0] <= 3 else 1.0
-        return 0.25
+        now[0] += 100.0 if calls[0] <= 3 else 1.0 + calls[0] / 100
 
-    step_s, data_s = time_repeats(step, warmup=3, steps=4, repeats=2, clock=lambda: now[0])
-    assert calls[0] == 3 + 4 * 2
-    assert step_s == [1.0, 1.0]
-    assert data_s == [0.25, 0.25]
+    times = time_steps(step, warmup=3, steps=4, clock=lambda: now[0])
+    assert calls[0] == 3 + 4
+    assert times == pytest.approx([1.04, 1.05, 1.06, 1.07])
 
 
 def test_throughput_csv_columns_and_values(throughput_dir):
@@ -79,13 +79,24 @@ def test_throughput_csv_columns_and_values(throughput_dir):
         for c in NUMERIC:
             v = float(r[c])
             assert math.isfinite(v) and v > 0, (c, r[c])
-        assert float(r["step_s_min"]) <= float(r["step_s_median"]) <= float(r["step_s_max"])
+        assert (float(r["step_s_min"]) <= float(r["step_s_p10"]) <= float(r["step_s_median"])
+                <= float(r["step_s_p90"]) <= float(r["step_s_max"]))
+        assert float(r["loop_efficiency"]) == pytest.approx(
+            float(r["samples_per_s"]) / float(r["bare_samples_per_s"]), rel=1e-4)
+        # the breakdown's in-step parts and the remainder add up to the mean step (between p10-ish and max)
+        in_step = sum(float(r[c]) for c in BREAKDOWN_COLUMNS if c not in ("validation_s", "checkpoint_s",
+                                                                          "grad_allreduce_s"))
+        assert float(r["step_s_min"]) <= in_step * (1 + 1e-6) and in_step <= float(r["step_s_max"]) * (1 + 1e-6)
+        assert r["grad_allreduce_s"] == ""  # one rank: no gradient all-reduce
+        assert len(r["config_hash"]) == 12 and r["deterministic"] == "True" and r["compile"] == "off"
+        assert r["torch_threads"] == "1" and r["cpu_affinity"] and float(r["peak_mem_mb_per_rank"]) > 0
         assert float(r["samples_per_s"]) == pytest.approx(4 / float(r["step_s_median"]), rel=1e-4)
         assert (r["warmup_steps"], r["steps"], r["repeats"]) == ("1", "2", "2")
         assert r["world_size"] == "1" and r["global_batch"] == "4" and r["threads_per_rank"] == "1"
         assert r["loader_bottleneck"] in ("True", "False")
         assert r["peak_mem_kind"] == "cpu_max_rss_process"
         assert r["torch_version"] == torch.__version__ and r["host"] and r["device_kind"] == "cpu"
+    assert rows[0]["config_hash"] != rows[1]["config_hash"]
     # s1 is the bigger model: more FLOPs per sample
     assert float(rows[1]["train_flops_per_sample"]) > float(rows[0]["train_flops_per_sample"])
     assert (throughput_dir / "throughput.png").stat().st_size > 0
@@ -219,3 +230,62 @@ def test_report_of_a_study_folder_truncates_long_tables(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no CSV tables" in capsys.readouterr().err
+
+
+# ----- one training step: the benchmark times the trainer's own
+
+
+def test_benchmark_times_the_trainers_step(tiny_dataset, tmp_path, monkeypatch):
+    """Replace Trainer.train_step: the benchmark's loop and bare timings must both go through it (a benchmark
+    timing a step of its own would leave the counter at zero)."""
+    from wxscale.training.trainer import Trainer
+
+    calls = {"n": 0}
+    real = Trainer.train_step
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_step", counted)
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["bench", "throughput", "--dataset", str(tiny_dataset), "--sizes", "s0", "--batch", "4",
+                   "--warmup", "1", "--steps", "2", "--repeats", "1", "--threads", "1", "--wireup", "none",
+                   "--skip-loader", "--out", str(tmp_path / "t"), *TINY_MODEL])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    assert calls["n"] == (1 + 2) + (1 + 2)  # loop: warm-up + timed; bare: warm-up + timed
+
+
+def test_mfu_above_100_percent_is_refused(tiny_dataset, tmp_path, monkeypatch):
+    """A peak far below what the step achieves means a wrong FLOP count or peak: no row is written."""
+    import wxscale.training.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "peak_flops", lambda *a, **k: (1.0, "a test peak of 1 FLOP/s"))
+    out = tmp_path / "t"
+    assert main(["bench", "throughput", "--dataset", str(tiny_dataset), "--sizes", "s0", "--batch", "4",
+                 "--warmup", "0", "--steps", "1", "--repeats", "1", "--threads", "1", "--wireup", "none",
+                 "--skip-loader", "--out", str(out), *TINY_MODEL]) == 2
+    assert not (out / "throughput.csv").exists()
+
+
+def test_mfu_empty_without_a_peak():
+    from wxscale.hardware import model_flops_utilisation
+
+    assert model_flops_utilisation(1e12, None) is None
+    assert model_flops_utilisation(1e12, 4e12, devices=2) == 0.125
+
+
+def test_config_hash_and_amortisation(tiny_dataset):
+    from wxscale.perf.throughput import base_config
+
+    a = base_config(str(tiny_dataset), "s0", 4, 1, "fp32", "torch", 0, "cpu", 100, [])
+    b = base_config(str(tiny_dataset), "s0", 4, 1, "fp32", "torch", 0, "cpu", 100, ["optim.lr=1e-4"])
+    assert config_hash(a, 1, 1) == config_hash(a, 1, 1) != config_hash(b, 1, 1) != config_hash(a, 1, 2)
+    # 100 steps of 4 samples: validation every 40 samples -> 10 passes; checkpoints every 25 steps + the final
+    c = base_config(str(tiny_dataset), "s0", 4, 1, "fp32", "torch", 0, "cpu", 100,
+                    ["validation.every_samples=40", "run.checkpoint_every_steps=25"])
+    assert events_per_step(c, 100) == (10 / 100, 4 / 100)
+    assert events_per_step(a, 100) == (1 / 100, 1 / 100)  # the end of the run: one of each

@@ -138,12 +138,12 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.model)
     if args.sizes == "auto":
         sizes = [s for s in LADDER
-                 if model_flops(resolve_config(s, overrides), grid, args.channels).params <= args.max_params]
+                 if model_flops(resolve_config(s, overrides, grid=grid), grid, args.channels).params <= args.max_params]
     else:
         sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    cfgs = {s: resolve_config(s, overrides) for s in sizes}  # validates names before any timing
+    cfgs = {s: resolve_config(s, overrides, grid=grid) for s in sizes}  # validates names before any timing
     if args.profile is not None and args.profile not in cfgs:
-        cfgs[args.profile] = resolve_config(args.profile, overrides)
+        cfgs[args.profile] = resolve_config(args.profile, overrides, grid=grid)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     if args.threads:

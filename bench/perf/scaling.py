@@ -5,18 +5,20 @@
 
 For each rank count R this command launches ``wxscale bench throughput`` as R ranks (``mpiexec -n R``, the
 ``mpiexec`` installed next to this Python, wired up with mpi4py; or ``srun --ntasks R`` inside a Slurm
-allocation), which times the trainer's DDP step (gloo on CPU, NCCL on GPUs) per configuration. One launch per R
+allocation), which times the training loop's own step (:meth:`Trainer.loop_step`, DDP: gloo on CPU, NCCL on
+GPUs) per configuration. One launch per R
 covers both modes: it runs every per-rank batch either mode needs.
 
 - Weak scaling keeps the per-rank batch b fixed (global batch R b): efficiency E_w(R) = X(R) / (R X(R0)).
 - Strong scaling keeps the global batch B fixed (per-rank B / R): efficiency E_s(R) = X(R) / (R X(R0)).
 
-X is the global samples/s (median over repeats) and R0 the smallest rank count asked (normally 1), so
-``efficiency`` = 1 is perfect scaling; ``speedup`` = X(R) / X(R0); ``efficiency_best`` is the same ratio of the
-best repeats (the least disturbed on a shared machine). ``--rounds N`` launches the rank counts N times in turn
-(1, 2, 1, 2, ...) and keeps, per configuration and rank count, the round with the highest median: load from other
-jobs that comes and goes then hits every rank count alike rather than one of them. Weak scaling is the regime of
-Gustafson's law (1988, "Reevaluating Amdahl's law"), strong scaling that of Amdahl's law (1967).
+X is the global samples/s (over the median step, each step the slowest rank's) and R0 the smallest rank count
+asked (normally 1), so ``efficiency`` = 1 is perfect scaling; ``speedup`` = X(R) / X(R0); ``efficiency_best`` is
+the same ratio of the fastest steps (the least disturbed on a shared machine). ``--rounds N`` launches the rank
+counts N times in turn (1, 2, 1, 2, ...) and keeps, per configuration and rank count, the round with the highest
+median: load from other jobs that comes and goes then hits every rank count alike rather than one of them. Weak
+scaling is the regime of Gustafson's law (1988, "Reevaluating Amdahl's law"), strong scaling that of Amdahl's law
+(1967).
 
 CPU threads: each rank gets ``--threads`` torch threads, by default usable cores // R, so R ranks on C cores do
 not oversubscribe them (2 ranks on 2 cores: 1 thread each; one rank: 2). The CSV records threads per rank and
@@ -41,8 +43,8 @@ from pathlib import Path
 
 from wxscale.args import parse_list
 from wxscale.errors import WxscaleError
-from wxscale.files import save_figure, write_csv
-from wxscale.perf.throughput import add_step_arguments, usable_cores
+from wxscale.files import write_csv
+from wxscale.perf.throughput import add_step_arguments, finish_figure, usable_cores
 from wxscale.provenance import PROVENANCE_COLUMNS
 
 COLUMNS = [
@@ -187,10 +189,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     ax2.legend(fontsize=7)
     r0 = rows[0]
-    fig.suptitle(f"data-parallel scaling on {r0.get('device', '')} ({r0.get('cores', '?')} cores, "
-                 f"threads per rank = cores // ranks)", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path)
+    finish_figure(fig, f"data-parallel scaling on {r0.get('device', '')} ({r0.get('cores', '?')} cores, "
+                       f"threads per rank = cores // ranks)", path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
             sys.executable, "-m", "wxscale.cli", "bench", "throughput", "--dataset", args.dataset,
             "--sizes", args.sizes, "--batch", ",".join(map(str, per_rank)), "--precision", args.precision,
             "--loader", args.loader, "--num-workers", str(args.num_workers), "--warmup", str(args.warmup),
-            "--steps", str(args.steps), "--repeats", str(args.repeats), "--device", args.device,
+            "--steps", str(args.steps), "--repeats", str(args.repeats), "--run-steps", str(args.run_steps),
+            "--device", args.device,
             "--threads", str(threads), "--skip-loader", "--out", str(sub),
             "--wireup", "mpi" if args.launcher == "mpiexec" else "slurm", *args.overrides,
         ]

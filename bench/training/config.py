@@ -63,6 +63,8 @@ class ModelConfig(_Section):
     size: str = "s0"  # a name on model.LADDER
     overrides: dict[str, Any] = Field(default_factory=dict)  # SwinConfig fields, e.g. {patch: 2, window: [2, 4]}
     compile: bool = False  # torch.compile the network
+    # torch.compile mode: "reduce-overhead" records CUDA graphs (GPU: no per-kernel launch cost for tiny models)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
 
     @field_validator("overrides")
     @classmethod
@@ -132,7 +134,9 @@ class RunConfig(_Section):
     checkpoint_every_steps: int | None = Field(None, ge=1)  # rolling checkpoint for --resume
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: torch's default)
-    deterministic: bool = True  # torch.use_deterministic_algorithms (bit-exact resume)
+    # torch.use_deterministic_algorithms: "auto" = on for CPU (bit-exact resume, free there), off on CUDA
+    # (deterministic index_select / scatter kernels cost time); recorded in summary.json
+    deterministic: bool | Literal["auto"] = "auto"
 
     _paths = field_validator("dir", "init_from", mode="before")(lambda v: _fspath(v))
 

@@ -68,11 +68,15 @@ def build_optimizer(model: nn.Module, optim_cfg, device: torch.device) -> tuple[
     return torch.optim.AdamW(groups, foreach=False, fused=False, **kw), "plain"
 
 
-def clip_gradients(params, max_norm: float) -> float:
-    """Clip the global gradient norm to ``max_norm`` (0 = only measure); returns the norm before clipping."""
-    params = [p for p in params if p.grad is not None]
-    if not params:
-        return 0.0
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm to ``max_norm`` (0 = only measure); returns the norm before clipping.
+
+    The norm stays a tensor on the device: clipping scales by ``min(1, max_norm / norm)`` on the device, so no
+    step waits for the host (the caller reads the norm only when it logs). ``params``: a list built once.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
     if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        return torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+    return torch.nn.utils.get_total_norm(grads)

@@ -21,6 +21,18 @@ training FLOPs per sample (3 x forward matmul FLOPs x rollout steps) times the s
 - ``--resume`` continues from the run dir's latest checkpoint; on CPU in fp32 the continued run is bit-for-bit
   the uninterrupted one (same losses at every step, same final weights).
 
+The loop, top to bottom: :meth:`Trainer.run` -> ``_begin`` (config.yaml, metrics.csv, progress bar) ->
+``_train``, which repeats :meth:`Trainer.loop_step` (wait for a batch, :meth:`Trainer.train_step`, then
+``_after_step``: at sync points ``_sync``, validation, ``_log``, ``_save``) -> ``_finish`` (summary.json).
+:meth:`Trainer.train_step` is the one training step (schedule, host-to-device, forward, backward, clip, optimizer);
+``wxscale bench throughput`` times the same methods. A step never waits for the host: the losses and the
+gradient norm stay on the device until a sync point (every ``logging.every_steps``, each validation and
+checkpoint, the end), where one all-reduce and one host read fetch them with the stop flag. So a non-finite loss
+is found there, before any checkpoint could keep it (the run ends at the last good step and names the bad one),
+and a signal or ``run.max_wall_s`` stops the run at the next sync point. summary.json holds the step-time
+breakdown (``step_breakdown_s``, :class:`StepClock`), the speed-relevant settings and the determinism setting
+(``run.deterministic``: "auto" is bit-exact on CPU, non-deterministic and faster on CUDA).
+
 Validation (every ``validation.every_samples`` and at the end) reports the one-step latitude-weighted MSE in
 normalised units (``val_loss``, the same for every loss variant, so branches compare) and the latitude-weighted
 RMSE per channel in physical units (``val_rmse_<channel>``).
@@ -31,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import math
 import os
 import random
@@ -49,7 +62,7 @@ from torch import nn
 from wxscale.data_prep.layout import load_meta, read_stats
 from wxscale.errors import ConfigError, WxscaleError
 from wxscale.files import write_csv, write_json_atomic
-from wxscale.hardware import describe_device, peak_flops
+from wxscale.hardware import describe_device, model_flops_utilisation, peak_flops, speed_settings
 from wxscale.provenance import git_sha
 from wxscale.training import distributed
 from wxscale.training.checkpoint import (
@@ -235,6 +248,122 @@ class _StopSignal:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# timing and the loop's state
+
+# The parts of a step (timed inside :meth:`Trainer.train_step` and around its batch fetch) and of the loop around
+# it (timed whenever they happen, amortised over all steps). DDP's gradient all-reduce overlaps the backward pass
+# and is counted in it; "sync" is the loop's own all-reduce of the losses and the stop flag, and its host read.
+STEP_PHASES = ("data_wait", "host_to_device", "forward", "backward", "optimizer")
+LOOP_PHASES = ("sync", "logging", "validation", "checkpoint")
+BREAKDOWN = (*STEP_PHASES, *LOOP_PHASES, "remainder")
+CUDA_TIMED_EVERY = 20  # on CUDA the trainer times one step in this many: a timed step synchronises at each phase
+
+
+class StepClock:
+    """Wall seconds per phase of the training loop (:data:`STEP_PHASES`, :data:`LOOP_PHASES`).
+
+    Step phases are recorded between :meth:`begin_step` (told whether to time this step) and the step's last
+    :meth:`mark`. On CUDA every reading first synchronises the device, since an unsynchronised CUDA timing
+    measures kernel launches, not kernels; the trainer therefore times only a sample of steps there. On CPU a
+    reading is one clock read. Loop phases are timed with :meth:`span` whenever they happen.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.cuda = device, device.type == "cuda"
+        self.seconds = dict.fromkeys(STEP_PHASES + LOOP_PHASES, 0.0)
+        self.timed_steps, self._on, self._t = 0, False, 0.0
+
+    def now(self) -> float:
+        """The time, after the device finished its queued work (CUDA)."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def begin_step(self, timed: bool = True) -> None:
+        self._on = timed
+        if timed:
+            self.timed_steps += 1
+            self._t = self.now()
+
+    def mark(self, phase: str) -> None:
+        """The time since the previous mark (or the step's begin) was spent in ``phase``."""
+        if self._on:
+            t = self.now()
+            self.seconds[phase] += t - self._t
+            self._t = t
+
+    @contextlib.contextmanager
+    def span(self, phase: str):
+        t0 = self.now()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += self.now() - t0
+            self._t = time.perf_counter()  # a span inside a timed step is not counted twice
+
+    def breakdown(self, steps: int, loop_s: float) -> dict[str, float | None]:
+        """Seconds per step by phase (:data:`BREAKDOWN`): step phases averaged over the timed steps, loop
+        phases amortised over all ``steps``, and the remainder of ``loop_s / steps`` that no phase explains (on
+        CUDA, where only a sample is timed and timing synchronises, it can come out negative)."""
+        per_step = {ph: self.seconds[ph] / self.timed_steps if self.timed_steps else None for ph in STEP_PHASES}
+        per_step.update({ph: self.seconds[ph] / steps for ph in LOOP_PHASES})
+        per_step["remainder"] = loop_s / steps - sum(v for v in per_step.values() if v is not None)
+        return per_step
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Where a run is between steps, and what it has measured: the training loop's state."""
+
+    step: int
+    samples: int
+    flops: int
+    reason: str
+    wall0: float = 0.0  # wall seconds of the run before this process (a resumed run's earlier part)
+    status: str = "complete"
+    val_loss: float | None = None
+    val_rmse: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_loss: float | None = None
+    pending: list[torch.Tensor] = dataclasses.field(default_factory=list)  # losses not yet read by the host
+    grad_norm: torch.Tensor | None = None
+    grad_norm_value: float | None = None
+    want_stop: bool = False
+    last_row: dict = dataclasses.field(default_factory=dict)
+    train_s: float = 0.0  # fetch + step + sync time, without validation, logging and checkpoints
+    samples_run: int = 0
+    interval_loss: float = 0.0
+    interval_steps: int = 0
+    interval_samples: int = 0
+    interval_train_s: float = 0.0
+    t_start: float = dataclasses.field(default_factory=time.perf_counter)
+    t_mark: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def wall(self) -> float:
+        return self.wall0 + time.perf_counter() - self.t_start
+
+    def loop_s(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def add_loss(self, loss: float, samples: int) -> None:
+        self.last_loss = loss
+        self.interval_loss += loss
+        self.interval_steps += 1
+        self.interval_samples += samples
+        self.samples_run += samples
+
+    def close_interval(self) -> None:
+        dt = time.perf_counter() - self.t_mark
+        self.interval_train_s += dt
+        self.train_s += dt
+
+    def open_interval(self) -> None:
+        self.t_mark = time.perf_counter()
+
+    def reset_interval_stats(self) -> None:
+        self.interval_loss, self.interval_steps, self.interval_samples, self.interval_train_s = 0.0, 0, 0, 0.0
+
+
+# --------------------------------------------------------------------------------------------------------------
 # the run
 
 
@@ -356,7 +485,7 @@ class Trainer:
         self.lat_w = torch.as_tensor(area_weights(np.asarray(self.meta.lat)), dtype=torch.float32, device=device)
         loss_fn = step_loss(self.lat_w if cfg.loss.lat_weighted else None, cfg.loss.amse_weight, cfg.loss.amse_eps,
                             periodic_lon=self.meta.lon_periodic)
-        net = torch.compile(self.net) if cfg.model.compile else self.net
+        net = torch.compile(self.net, mode=cfg.model.compile_mode) if cfg.model.compile else self.net
         self.step_module: nn.Module = _TrainStep(net, loss_fn)
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -364,6 +493,13 @@ class Trainer:
             self.step_module = DistributedDataParallel(
                 self.step_module, device_ids=[device.index] if device.type == "cuda" else None)
         self.peak, self.peak_source = peak_flops(device, cfg.precision.dtype, cfg.precision.tf32)
+        self.trainable = [p for p in self.net.parameters() if p.requires_grad]  # listed once, not every step
+        self.checkpoint_at = set(cfg.run.checkpoint_at_samples)
+        self._idle_clock = self.clock = StepClock(device)  # never begun: its marks cost nothing
+        self.time_every = CUDA_TIMED_EVERY if device.type == "cuda" else 1
+        self._batches = None  # the train loader's current epoch
+        self.metrics, self.bar = None, None  # rank 0's metrics.csv and progress bar, opened by run()
+        self.saved: list[str] = []  # checkpoint names written by this process
 
     def _load_state(self) -> None:
         s, cfg = self.state, self.cfg
@@ -414,6 +550,8 @@ class Trainer:
         for i, (x, y) in enumerate(self.val_loader):
             if self.cfg.validation.max_batches is not None and i >= self.cfg.validation.max_batches:
                 break
+            if x.shape[0] == 0:  # a rank's empty last batch (balanced loaders): nothing to score
+                continue
             x, y = x.to(self.device), y[:, 0].to(self.device)
             with _autocast(self.device, self.cfg.precision.dtype):
                 pred = self.net(x)
@@ -429,158 +567,244 @@ class Trainer:
         rmse = {c: float(math.sqrt(float(sums[2 + j]) / n) * std[j]) for j, c in enumerate(self.channels)}
         return float(sums[0]) / n, rmse
 
+    # ---------------------------------------------------------------------------------------------------------
+    # the one training step
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, samples_after: int,
+                   clock: StepClock | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the batch ``(x, y)``: the loop runs it, and `wxscale bench throughput` times it.
+
+        Sets the learning rate (the schedule at ``samples_after``, the sample count after this step), moves the
+        batch to the device, runs forward + rollout loss under autocast, backward (DDP all-reduces the gradients
+        inside it), clips the global gradient norm and steps the optimizer. Returns the detached loss and the
+        pre-clip gradient norm as device tensors: nothing here waits for the host, so a CUDA step only queues
+        work. ``clock`` (optional) records the phases.
+        """
+        clock = clock if clock is not None else self._idle_clock
+        lr = self.schedule(samples_after)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        clock.mark("host_to_device")
+        with _autocast(self.device, self.cfg.precision.dtype):
+            loss = self.step_module(x, y)
+        clock.mark("forward")
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        clock.mark("backward")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = clip_gradients(self.trainable, self.cfg.optim.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        clock.mark("optimizer")
+        return loss.detach().float(), grad_norm
+
+    # ---------------------------------------------------------------------------------------------------------
+    # the run: begin, train step by step (sync, validate, log, checkpoint at their intervals), finish
+
     def run(self) -> dict:
-        cfg, run_dir, G = self.cfg, self.run_dir, self.cfg.run.global_batch
+        """Train to the end (or a stop), writing metrics.csv, checkpoints and summary.json; returns the summary."""
         if self.mode == "complete":
-            import json
-
-            if self.main:
-                print(f"wxscale train: {run_dir} is already complete; nothing to do")
-            return json.loads((run_dir / "summary.json").read_text())
-        columns = BASE_COLUMNS + [f"val_rmse_{c}" for c in self.channels]
-        self.saved: list[str] = []
-        metrics = None
-        if self.main:
-            save_config(cfg, run_dir / "config.yaml")
-            metrics = _MetricsWriter(run_dir / "metrics.csv", columns,
-                                     self.step0 if self.mode == "resume" else None)
-        step, samples, flops = self.step0, self.samples0, self.flops0
-        t_start = time.perf_counter()
-        wall = lambda: self.wall0 + time.perf_counter() - t_start  # noqa: E731
-        status, reason = "complete", f"reached {self.total_samples} samples"
-        val_loss, val_rmse, last_loss, last_row = None, {}, None, {}
-        interval = {"loss": 0.0, "n": 0, "train_s": 0.0, "samples": 0}
-        train_s_total, samples_run = 0.0, 0
-        every_val = cfg.validation.every_samples
-        ckpt_at = set(cfg.run.checkpoint_at_samples)
-        bar = None
-        if self.main and cfg.logging.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=step, desc=f"train {run_dir.name}", unit="step",
-                       dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
-        self.step_module.train()
-        t_mark = time.perf_counter()
+            return self._already_complete()
+        p = self._begin()
         try:
             with _StopSignal() as stop:
-                while step < self.total_steps and status == "complete":
-                    for x, y in self.loader:
-                        lr = self.schedule(samples + G)
-                        for g in self.optimizer.param_groups:
-                            g["lr"] = lr
-                        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                        with _autocast(self.device, cfg.precision.dtype):
-                            loss = self.step_module(x, y)
-                        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-                        # one reduction per step: the mean loss and whether any rank wants to stop
-                        want_stop = float(stop.reason is not None
-                                          or (cfg.run.max_wall_s is not None and wall() > cfg.run.max_wall_s))
-                        red = distributed.all_reduce(torch.stack([loss.detach().float().double(),
-                                                                  torch.tensor(want_stop, dtype=torch.float64,
-                                                                               device=loss.device)]))
-                        loss_val = float(red[0]) / self.world.world_size
-                        if not math.isfinite(loss_val):
-                            status, reason = "failed", (f"non-finite training loss ({loss_val}) at step {step + 1} "
-                                                        f"({samples + G} samples); the last good checkpoint is kept")
-                            self.optimizer.zero_grad(set_to_none=True)
-                            break
-                        if self.scaler is not None:
-                            self.scaler.unscale_(self.optimizer)
-                        grad_norm = clip_gradients(self.net.parameters(), cfg.optim.grad_clip)
-                        if self.scaler is not None:
-                            self.scaler.step(self.optimizer)
-                            self.scaler.update()
-                        else:
-                            self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                        step, samples, flops = step + 1, samples + G, flops + G * self.flops_per_sample
-                        last_loss = loss_val
-                        dt = time.perf_counter() - t_mark  # loading + step: what throughput means
-                        interval["loss"] += loss_val
-                        interval["n"] += 1
-                        interval["train_s"] += dt
-                        interval["samples"] += G
-                        train_s_total += dt
-                        samples_run += G
-
-                        done = step >= self.total_steps
-                        stopping = float(red[1]) > 0 and not done
-                        if stopping:
-                            status = "stopped"
-                            reason = stop.reason or f"run.max_wall_s={cfg.run.max_wall_s} reached"
-                        validate_now = done or stopping or (
-                            every_val is not None and samples // every_val > (samples - G) // every_val)
-                        row_val, row_rmse = None, {}
-                        if validate_now:
-                            val_loss, val_rmse = self.validate()
-                            row_val, row_rmse = val_loss, val_rmse
-                        if step % cfg.logging.every_steps == 0 or validate_now:
-                            sps = interval["samples"] / max(interval["train_s"], 1e-12)
-                            fps = sps * self.flops_per_sample
-                            last_row = {
-                                "step": step, "samples": samples, "flops": flops, "lr": lr,
-                                "train_loss": interval["loss"] / interval["n"], "val_loss": row_val,
-                                "samples_per_s": sps, "tflops_per_s": fps / 1e12,
-                                "mfu": fps / (self.peak * self.world.world_size), "wall_s": wall(),
-                                "grad_norm": grad_norm,
-                                **{f"val_rmse_{c}": v for c, v in row_rmse.items()},
-                            }
-                            if metrics is not None:
-                                metrics.write(last_row)
-                            interval = {"loss": 0.0, "n": 0, "train_s": 0.0, "samples": 0}
-                        if bar is not None:
-                            bar.update(1)
-                            bar.set_postfix(loss=f"{loss_val:.4g}", lr=f"{lr:.3g}",
-                                            sps=f"{last_row.get('samples_per_s', 0):.3g}",
-                                            tflops=f"{last_row.get('tflops_per_s', 0):.3g}",
-                                            mfu=f"{last_row.get('mfu', 0):.2%}", refresh=False)
-                        if done:
-                            name = f"samples_{samples}" if samples in ckpt_at else "final"
-                            self._save(name, step, samples, flops, wall())
-                        elif samples in ckpt_at:
-                            self._save(f"samples_{samples}", step, samples, flops, wall())
-                        elif stopping or (cfg.run.checkpoint_every_steps
-                                          and step % cfg.run.checkpoint_every_steps == 0):
-                            self._save(f"step_{step:08d}", step, samples, flops, wall())
-                        if done or stopping:
-                            break
-                        t_mark = time.perf_counter()  # validation and checkpoints are not training time
+                self._train(p, stop)
         except BaseException as err:
-            if self.main:
-                status = "stopped" if isinstance(err, KeyboardInterrupt) else "failed"
-                self._write_summary(status, f"{type(err).__name__}: {err}", step, samples, flops, wall(),
-                                    train_s_total, samples_run, last_loss, val_loss, val_rmse,
-                                    traceback.format_exc(limit=5))
+            self._write_failure(p, err)
             raise
         finally:
-            if bar is not None:
-                bar.close()
-            if metrics is not None:
-                metrics.close()
-        if status == "complete" and val_loss is None:  # resumed at its very end (killed before the summary)
-            val_loss, val_rmse = self.validate()
-        summary = self._write_summary(status, reason, step, samples, flops, wall(), train_s_total, samples_run,
-                                      last_loss, val_loss, val_rmse)
+            self._close_outputs()
+        return self._finish(p)
+
+    def _already_complete(self) -> dict:
+        import json
+
         if self.main:
-            vl = f"{val_loss:.5g}" if val_loss is not None else "-"
-            print(f"wxscale train: {status} ({reason}); step {step}, {samples} samples, {flops:.3g} FLOPs, "
-                  f"val_loss {vl}; run dir {run_dir}", file=sys.stderr)
+            print(f"wxscale train: {self.run_dir} is already complete; nothing to do")
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+    def _begin(self) -> _Progress:
+        """Write config.yaml, open metrics.csv (rank 0) and the progress bar; the loop's starting state."""
+        cfg = self.cfg
+        if self.main:
+            save_config(cfg, self.run_dir / "config.yaml")
+            columns = BASE_COLUMNS + [f"val_rmse_{c}" for c in self.channels]
+            self.metrics = _MetricsWriter(self.run_dir / "metrics.csv", columns,
+                                          self.step0 if self.mode == "resume" else None)
+            if cfg.logging.progress:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=self.total_steps, initial=self.step0, desc=f"train {self.run_dir.name}",
+                                unit="step", dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+        self.clock = StepClock(self.device)
+        return self.start_progress()
+
+    def start_progress(self) -> _Progress:
+        """The loop's state at this run's starting point (fresh, resumed or branched)."""
+        return _Progress(step=self.step0, samples=self.samples0, flops=self.flops0,
+                         reason=f"reached {self.total_samples} samples", wall0=self.wall0)
+
+    def _train(self, p: _Progress, stop: _StopSignal) -> None:
+        """Step until the run's end, a stop or a failure."""
+        self.step_module.train()
+        while p.step < self.total_steps:
+            if self.loop_step(p, stop):
+                return
+
+    def loop_step(self, p: _Progress, stop: _StopSignal) -> bool:
+        """One iteration of the training loop, as `wxscale bench throughput` times it too: wait for the next
+        batch, :meth:`train_step`, then sync / validate / log / checkpoint where their intervals fall. Every
+        ``time_every``-th step is timed by phase (all on CPU; one in :data:`CUDA_TIMED_EVERY` on CUDA, since
+        timing synchronises). True when the loop must end."""
+        G = self.cfg.run.global_batch
+        self.clock.begin_step(timed=self.time_every > 0 and p.step % self.time_every == 0)
+        x, y = self.next_batch()
+        self.clock.mark("data_wait")
+        loss, grad_norm = self.train_step(x, y, p.samples + G, self.clock)
+        p.pending.append(loss)
+        p.grad_norm = grad_norm
+        p.step, p.samples, p.flops = p.step + 1, p.samples + G, p.flops + G * self.flops_per_sample
+        return self._after_step(p, stop)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loader's next batch; at an epoch's end, the next epoch's first (the loader reshuffles)."""
+        batch = next(self._batches, None) if self._batches is not None else None
+        if batch is None:
+            self._batches = iter(self.loader)
+            batch = next(self._batches, None)
+            if batch is None:
+                raise WxscaleError(f"{self.cfg.data.dataset}: the train split yields no batch of "
+                                   f"{self.per_rank} samples per rank; lower run.global_batch")
+        return batch
+
+    def _after_step(self, p: _Progress, stop: _StopSignal) -> bool:
+        """Sync, validate, log and checkpoint where their intervals fall; True when the loop must end.
+
+        The host reads the losses only at these points (one all-reduce of the pending losses and the stop flag),
+        so a step between them never waits: a non-finite loss is found there (before any checkpoint could keep
+        it), and a stop (signal, ``run.max_wall_s``) takes effect there.
+        """
+        cfg, G = self.cfg, self.cfg.run.global_batch
+        done = p.step >= self.total_steps
+        every_val = cfg.validation.every_samples
+        validate_due = done or (every_val is not None and p.samples // every_val > (p.samples - G) // every_val)
+        log_due = p.step % cfg.logging.every_steps == 0
+        ckpt_every = cfg.run.checkpoint_every_steps
+        checkpoint_due = done or p.samples in self.checkpoint_at or bool(ckpt_every and p.step % ckpt_every == 0)
+        if self.bar is not None:
+            self.bar.update(1)
+        if not (validate_due or log_due or checkpoint_due):
+            return False
+        if not self._sync(p, stop):
+            return True  # failed: a non-finite loss
+        stopping = p.want_stop and not done
+        if stopping:
+            p.status = "stopped"
+            p.reason = stop.reason or f"run.max_wall_s={cfg.run.max_wall_s} reached"
+        p.close_interval()  # validation, logging and checkpoints are not training time
+        validated = validate_due or stopping
+        if validated:
+            with self.clock.span("validation"):
+                p.val_loss, p.val_rmse = self.validate()
+        if log_due or validated:
+            with self.clock.span("logging"):
+                self._log(p, validated)
+        if checkpoint_due or stopping:
+            with self.clock.span("checkpoint"):
+                self._save(self._checkpoint_name(p.step, p.samples, done), p.step, p.samples, p.flops, p.wall())
+        p.open_interval()
+        return done or stopping
+
+    def _sync(self, p: _Progress, stop: _StopSignal) -> bool:
+        """Read the losses of the steps since the last sync (mean over ranks) and whether any rank wants to
+        stop: one all-reduce and one host read. False (and status failed) at a non-finite loss."""
+        cfg, G, n = self.cfg, self.cfg.run.global_batch, len(p.pending)
+        with self.clock.span("sync"):
+            want_stop = stop.reason is not None or (cfg.run.max_wall_s is not None and p.wall() > cfg.run.max_wall_s)
+            flag = torch.tensor([float(want_stop)], dtype=torch.float64, device=self.device)
+            reduced = distributed.all_reduce(torch.cat([torch.stack(p.pending).double(), flag]))
+            host = torch.cat([reduced, p.grad_norm.detach().double().reshape(1).to(reduced.device)]).tolist()
+        p.pending.clear()
+        losses, p.want_stop, p.grad_norm_value = [v / self.world.world_size for v in host[:n]], host[n] > 0, host[-1]
+        for i, loss in enumerate(losses):
+            if not math.isfinite(loss):
+                back = n - i  # steps from the bad one to now: the run ends at the last good step
+                p.step, p.samples = p.step - back, p.samples - back * G
+                p.flops -= back * G * self.flops_per_sample
+                p.status, p.reason = "failed", (f"non-finite training loss ({loss}) at step {p.step + 1} "
+                                                f"({p.samples + G} samples); the last good checkpoint is kept")
+                return False
+            p.add_loss(loss, G)
+        return True
+
+    def _log(self, p: _Progress, validated: bool) -> None:
+        """One metrics.csv row (rank 0) over the interval since the last row; the progress bar's numbers."""
+        sps = p.interval_samples / max(p.interval_train_s, 1e-12)
+        fps = sps * self.flops_per_sample
+        mfu = model_flops_utilisation(fps, self.peak, self.world.world_size)
+        p.last_row = {
+            "step": p.step, "samples": p.samples, "flops": p.flops, "lr": self.schedule(p.samples),
+            "train_loss": p.interval_loss / max(p.interval_steps, 1), "val_loss": p.val_loss if validated else None,
+            "samples_per_s": sps, "tflops_per_s": fps / 1e12, "mfu": mfu, "wall_s": p.wall(),
+            "grad_norm": p.grad_norm_value,
+            **({f"val_rmse_{c}": v for c, v in p.val_rmse.items()} if validated else {}),
+        }
+        if self.metrics is not None:
+            self.metrics.write(p.last_row)
+        p.reset_interval_stats()
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{p.last_loss:.4g}", lr=f"{p.last_row['lr']:.3g}", sps=f"{sps:.3g}",
+                                 tflops=f"{fps / 1e12:.3g}", mfu=f"{mfu:.2%}" if mfu is not None else "-",
+                                 refresh=False)
+
+    def _checkpoint_name(self, step: int, samples: int, done: bool) -> str:
+        """Kept trunk points by sample count, "final" at the end, else a rolling ``step_<n>`` for --resume."""
+        if samples in self.checkpoint_at:
+            return f"samples_{samples}"
+        return "final" if done else f"step_{step:08d}"
+
+    def _write_failure(self, p: _Progress, err: BaseException) -> None:
+        if self.main:
+            status = "stopped" if isinstance(err, KeyboardInterrupt) else "failed"
+            self._write_summary(status, f"{type(err).__name__}: {err}", p, traceback.format_exc(limit=5))
+
+    def _close_outputs(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    def _finish(self, p: _Progress) -> dict:
+        """Validate if the run ended without it (resumed at its very end), write summary.json, print a line."""
+        if p.status == "complete" and p.val_loss is None:
+            p.val_loss, p.val_rmse = self.validate()
+        summary = self._write_summary(p.status, p.reason, p)
+        if self.main:
+            vl = f"{p.val_loss:.5g}" if p.val_loss is not None else "-"
+            print(f"wxscale train: {p.status} ({p.reason}); step {p.step}, {p.samples} samples, {p.flops:.3g} "
+                  f"FLOPs, val_loss {vl}; run dir {self.run_dir}", file=sys.stderr)
         return summary
 
-    def _write_summary(self, status, reason, step, samples, flops, wall_s, train_s, samples_run, last_loss,
-                       val_loss, val_rmse, tb: str | None = None) -> dict:
+    def _write_summary(self, status: str, reason: str, p: _Progress, tb: str | None = None) -> dict:
         cfg = self.cfg
-        sps = samples_run / train_s if train_s > 0 else None
+        sps = p.samples_run / p.train_s if p.train_s > 0 else None
         fps = sps * self.flops_per_sample if sps is not None else None
+        steps_run = p.step - self.step0
         summary = {
             "status": status, "reason": reason,
-            "step": step, "samples": samples, "flops": flops,
+            "step": p.step, "samples": p.samples, "flops": p.flops,
             "target_samples": self.total_samples, "budget_flops": cfg.run.budget_flops,
-            "train_loss": last_loss, "val_loss": val_loss,
-            **{f"val_rmse_{c}": v for c, v in val_rmse.items()},
-            "wall_s": wall_s, "train_s": train_s, "samples_per_s": sps,
+            "train_loss": p.last_loss, "val_loss": p.val_loss,
+            **{f"val_rmse_{c}": v for c, v in p.val_rmse.items()},
+            "wall_s": p.wall(), "train_s": p.train_s, "samples_per_s": sps,
             "tflops_per_s": fps / 1e12 if fps is not None else None,
-            "mfu": fps / (self.peak * self.world.world_size) if fps is not None else None,
+            "mfu": model_flops_utilisation(fps, self.peak, self.world.world_size) if fps is not None else None,
+            "step_breakdown_s": self.clock.breakdown(steps_run, p.loop_s()) if steps_run > 0 else None,
             "params": self.params, "flops_per_sample": self.flops_per_sample,
             "forward_matmul_flops": int(self.flops_info.forward_matmul_flops),
             "forward_other_flops": int(self.flops_info.forward_other_flops),
@@ -589,11 +813,14 @@ class Trainer:
             "cooldown_start_samples": self.schedule.cooldown_start,
             **self.branch,
             "resumed_from": str(self.source) if self.mode == "resume" else None,
-            "checkpoints": getattr(self, "saved", []),
+            "checkpoints": self.saved,
             "optimizer_impl": self.optim_impl, "precision": cfg.precision.dtype, "compile": cfg.model.compile,
+            "compile_mode": cfg.model.compile_mode if cfg.model.compile else None,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
             "loader": cfg.data.loader, "world_size": self.world.world_size, "launcher": self.world.launcher,
             "device": describe_device(self.device), "peak_flops_per_device": self.peak,
-            "peak_flops_source": self.peak_source, "host": socket.gethostname(), "git_sha": git_sha() or None,
+            "peak_flops_source": self.peak_source, "speed_settings": speed_settings(self.device),
+            "host": socket.gethostname(), "git_sha": git_sha() or None,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         if tb:
@@ -601,6 +828,16 @@ class Trainer:
         if self.main:
             write_json_atomic(self.run_dir / "summary.json", summary)
         return summary
+
+
+def set_determinism(setting: bool | str, device: torch.device) -> bool:
+    """``run.deterministic``: "auto" is bit-exact on CPU (free there) and fast on CUDA, where deterministic
+    index_select / scatter kernels cost time. Returns the setting applied (summary.json records it)."""
+    on = device.type != "cuda" if setting == "auto" else bool(setting)
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    return on
 
 
 def train(config: TrainConfig | dict | str | os.PathLike, run_dir: str | os.PathLike | None = None,
@@ -625,14 +862,12 @@ def train(config: TrainConfig | dict | str | os.PathLike, run_dir: str | os.Path
         raise ConfigError("no run dir: pass --run-dir DIR or set run.dir in the config")
     if cfg.run.cpu_threads is not None:
         torch.set_num_threads(cfg.run.cpu_threads)
-    if cfg.run.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
-        torch.use_deterministic_algorithms(True, warn_only=True)
     world = distributed.detect_world(cfg.distributed.launcher)
     if cfg.run.global_batch % world.world_size:  # before any process group exists: every rank says the same
         raise ConfigError(f"run.global_batch={cfg.run.global_batch} is not divisible by the world size "
                           f"{world.world_size}; use a multiple of {world.world_size}")
     device = distributed.device_for(world, cfg.run.device)
+    set_determinism(cfg.run.deterministic, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.precision.tf32
         torch.backends.cudnn.allow_tf32 = cfg.precision.tf32
