@@ -1,9 +1,10 @@
 """`wxscale sweep run DIR`: run a planned sweep's trunks and branches in dependency order, resumably.
 
 Executors:
-- ``local`` (default): one `wxscale train` process per run, ``--jobs`` at a time, each with its share of the
-  cores; a branch starts as soon as its trunk is complete. Every run is started with ``--resume``, so an
-  interrupted trunk continues from its last checkpoint and a finished run is never run again.
+- ``local`` (default): one `wxscale train` process per run (forked from a server that imported the trainer once:
+  :mod:`wxscale.study.preloaded`), ``--jobs`` at a time, each with its share of the cores; a branch starts as soon
+  as its trunk is complete. Every run is started with ``--resume``, so an interrupted trunk continues from its last
+  checkpoint and a finished run is never run again.
 - ``slurm``: one sbatch job per run from ``submit/sweep.sbatch`` (or ``--template``); branches depend on their
   trunk's job with ``--dependency=afterok``. Run ``wxscale sweep status DIR`` to follow and collect.
 
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from wxscale.errors import WxscaleError
 from wxscale.files import ensure_writable_dir, write_json_atomic, write_text_atomic
+from wxscale.study.preloaded import ForkedRun, start_train
 from wxscale.study.plan import load_plan, trunks_of
 from wxscale.study.sweep import (
     branch_config,
@@ -86,8 +88,8 @@ def _write_yaml(path: Path, tree: dict) -> Path:
 
 
 def _train_command(config: Path, run_dir: Path, threads: int | None) -> list[str]:
-    cmd = [sys.executable, "-m", "wxscale.cli", "train", "--config", str(config), "--run-dir", str(run_dir),
-           "--resume", "logging.progress=false"]
+    """The arguments of `wxscale` that train one run of the sweep."""
+    cmd = ["train", "--config", str(config), "--run-dir", str(run_dir), "--resume", "logging.progress=false"]
     if threads:
         cmd.append(f"run.cpu_threads={threads}")
     return cmd
@@ -97,7 +99,7 @@ class _StopRequest:
     """SIGTERM / SIGINT to the runner: pass SIGTERM on to every running trainer (each stops after its current step
     with a checkpoint and a 'stopped' summary), start nothing new, and wait for them."""
 
-    def __init__(self, running: dict[str, subprocess.Popen]):
+    def __init__(self, running: dict[str, ForkedRun | subprocess.Popen]):
         self.running, self.signum, self._old = running, None, {}
 
     def __enter__(self) -> _StopRequest:
@@ -173,8 +175,7 @@ def run_local(sweep_dir: Path, jobs: int = 1, retry_failed: bool = False, thread
         raise WxscaleError(f"{sweep_dir}: run(s) {', '.join(busy)} are running or queued elsewhere; wait for them "
                            "(`wxscale sweep status`) before running the sweep again")
     bar = tqdm(total=len(table), initial=len(table) - len(todo), desc="sweep", unit="run", disable=not progress)
-    running: dict[str, subprocess.Popen] = {}
-    logs = {}
+    running: dict[str, ForkedRun | subprocess.Popen] = {}
     with _StopRequest(running) as stop:
         try:
             while todo or running:
@@ -192,9 +193,7 @@ def run_local(sweep_dir: Path, jobs: int = 1, retry_failed: bool = False, thread
                     todo.remove(run_id)
                     run_dir = runs_dir(sweep_dir) / run_id
                     run_dir.mkdir(parents=True, exist_ok=True)
-                    logs[run_id] = open(run_dir / "train.log", "a")  # noqa: SIM115 (closed when it ends)
-                    proc = subprocess.Popen(_train_command(configs[run_id], run_dir, threads), stdout=logs[run_id],
-                                            stderr=subprocess.STDOUT)
+                    proc = start_train(_train_command(configs[run_id], run_dir, threads), run_dir / "train.log")
                     mark_launched(run_dir, executor="local", pid=proc.pid)
                     running[run_id] = proc
                     bar.set_postfix_str(run_id)
@@ -204,7 +203,6 @@ def run_local(sweep_dir: Path, jobs: int = 1, retry_failed: bool = False, thread
                     if proc.poll() is None:
                         continue
                     del running[run_id]
-                    logs.pop(run_id).close()
                     run_dir = runs_dir(sweep_dir) / run_id
                     (run_dir / ".sweep_launch.json").unlink(missing_ok=True)
                     states[run_id] = run_state(run_dir)
@@ -232,7 +230,6 @@ def run_local(sweep_dir: Path, jobs: int = 1, retry_failed: bool = False, thread
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-                logs.pop(run_id).close()
                 (runs_dir(sweep_dir) / run_id / ".sweep_launch.json").unlink(missing_ok=True)
                 states[run_id] = run_state(runs_dir(sweep_dir) / run_id)
             bar.close()
