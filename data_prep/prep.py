@@ -272,12 +272,14 @@ def _example_splits(hours: np.ndarray) -> str:
 
 
 def _shard_ranges(hours: np.ndarray, i0: int, i1: int, max_steps: int) -> list[tuple[int, int]]:
-    """Cut [i0, i1) at calendar-year boundaries and every max_steps steps."""
+    """Cut [i0, i1) at calendar-year boundaries, and each year into the fewest equal parts of at most max_steps
+    steps (equal, so no short remainder: a shard of one step would hold no sample, and ranks get even work)."""
     years = hours_to_datetime64(hours[i0:i1]).astype("datetime64[Y]").astype(np.int64)
     cuts = [i0, *(i0 + 1 + np.flatnonzero(np.diff(years))).tolist(), i1]
     out = []
     for a, b in zip(cuts, cuts[1:], strict=False):
-        out += [(s, min(s + max_steps, b)) for s in range(a, b, max_steps)]
+        parts = np.linspace(a, b, -(-(b - a) // max_steps) + 1).round().astype(int).tolist()
+        out += list(zip(parts, parts[1:], strict=False))
     return out
 
 
@@ -353,6 +355,7 @@ def plan_dataset(
     coarsen: int,
     compress: str | None,
     notes: list[str],
+    max_shard_bytes: int | None = None,
 ) -> DatasetPlan:
     """Normalise the source, pick its channels, check its time axis and cut it into splits and shards."""
     ds, normalise_notes = normalise(ds, where=where)
@@ -377,7 +380,8 @@ def plan_dataset(
     if used < len(axis.hours):
         notes.append(f"{len(axis.hours) - used} time step(s) fall in no split and are left out")
     step_bytes = len(channels) * n_lat * n_lon * 4
-    shard_steps = max(1, MAX_SHARD_BYTES // max(1, step_bytes // coarsen**2))
+    # at least two steps: a shard of one holds no sample
+    shard_steps = max(2, (max_shard_bytes or MAX_SHARD_BYTES) // max(1, step_bytes // coarsen**2))
     shards = [
         ShardPlan(split, f"{split}/{k:03d}.h5", a, b)
         for split in SPLITS
@@ -951,7 +955,17 @@ def _shared_output_dir(world: ProcessWorld, out: Path, overwrite: bool, key: str
             raise failure
         if text is not None:
             raise WxscaleError(text)
-        yield Path(name)
+        yield Path(name)  # an error in the block reaches every rank (the block ends with a collective step)
+        if world.is_main:
+            try:
+                stack.close()  # the rename into place
+            except Exception as err:
+                failure = err
+        text = world.bcast(_failure(failure) if failure else None)  # the others return once it is in place
+        if failure is not None:
+            raise failure
+        if text is not None:
+            raise WxscaleError(text)
 
 
 def _split_meta(plan: DatasetPlan, shards: list[ShardInfo]) -> dict[str, dict]:
@@ -991,6 +1005,7 @@ def _provenance(
             else "NaN refused",
         },
         "compress": plan.compress,
+        "max_shard_steps": max(s.i1 - s.i0 for s in plan.shards),
         "split_policy": plan.policy,
         "splits_spec": plan.spec_text,
         "time": {
@@ -1007,17 +1022,38 @@ def _provenance(
 
 def checksum_input(path: str | os.PathLike) -> dict:
     """Provenance of one input: absolute path, size, sha256 (of every file, in order, for a zarr dir)."""
-    p = Path(path).resolve()
-    if p.is_dir():
-        import hashlib
+    return checksum_inputs([path])[0]
 
-        h, size = hashlib.sha256(), 0
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+
+def checksum_inputs(paths: list[str | os.PathLike], world: ProcessWorld | None = None) -> list[dict]:
+    """:func:`checksum_input` of each path, the files' sha256 shared out over the ranks (round robin; the
+    same result as one process). Rank 0 lists the files and gets the result; the other ranks get []."""
+    world = world or ProcessWorld()
+    listing = None
+    if world.is_main:
+        listing = []
+        for p in (Path(q).resolve() for q in paths):
+            files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+            listing.append((p, [(f, f.stat().st_size) for f in files]))
+    listing = world.bcast(listing)
+    flat = [f for _, files in listing for f, _ in files]
+    mine = {k: sha256_file(flat[k]) for k in range(world.rank, len(flat), world.size)}
+    sums = _fold(world, mine, lambda a, b: {**a, **b})
+    if not world.is_main:
+        return []
+    out, k = [], 0
+    for p, files in listing:
+        if not p.is_dir():
+            out.append({"path": str(p), "bytes": files[0][1], "sha256": sums[k]})
+            k += 1
+            continue
+        h = hashlib.sha256()
+        for f, _ in files:
             h.update(str(f.relative_to(p)).encode())
-            h.update(bytes.fromhex(sha256_file(f)))
-            size += f.stat().st_size
-        return {"path": str(p), "bytes": size, "sha256": h.hexdigest(), "kind": "dir"}
-    return {"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            h.update(bytes.fromhex(sums[k]))
+            k += 1
+        out.append({"path": str(p), "bytes": sum(size for _, size in files), "sha256": h.hexdigest(), "kind": "dir"})
+    return out
 
 
 def _say(msg: str) -> None:
@@ -1051,13 +1087,16 @@ def write_dataset(
     source: dict | None = None,
     progress: bool = True,
     world: ProcessWorld | None = None,
+    max_shard_bytes: int | None = None,
 ) -> Path:
     """Write `ds` (dims time, lat, lon and optionally level) as a dataset dir at `out`; returns `out`.
 
     splits: "train=2000:2001,valid=2002,test=2003", ISO ranges, a dict {split: range}, or None for 80/10/10 by
     time. variables: channel names (z500) or variable names (z: all its levels); None for all. coarsen:
     integer block mean over lat and lon. fill: "none" refuses NaN, "mean" fills with the train mean of each
-    grid point (the channel mean where a point is never valid). compress: None, "lzf" or "gzip". source:
+    grid point (the channel mean where a point is never valid). compress: None, "lzf" or "gzip".
+    max_shard_bytes: a calendar year of a split is cut into shards of at most this (default MAX_SHARD_BYTES);
+    smaller shards give more ranks work (a shard is written by one rank). source:
     provenance to record (inputs, checksums, command); tool version, policies and notes are added here.
     overwrite: replace `out` if it is a dataset dir or empty (anything else is refused).
     world: the ranks that write together (wxscale.launch.process_world(); default: this process alone). Every
@@ -1083,11 +1122,13 @@ def write_dataset(
         check_output_dir(out, overwrite)  # before the work; atomic_output_dir checks existence again at the end
         return plan_dataset(
             ds, where, variables=variables, splits=splits, coarsen=coarsen, compress=compress,
-            notes=list(source.pop("notes", [])),
+            notes=list(source.pop("notes", [])), max_shard_bytes=max_shard_bytes,
         )
 
+    if max_shard_bytes is not None and max_shard_bytes < 1:
+        raise WxscaleError(f"--shard-mb: must be positive (got {max_shard_bytes / 2**20:g} MB)")
     plan = _together(world, prepare)
-    key = resume_key(plan, source, fill)
+    key = world.bcast(resume_key(plan, source, fill) if world.is_main else None)  # one rank lists the inputs
     owner = assign_shards(plan, world.size)
     mine = [s for s, r in zip(plan.shards, owner, strict=True) if r == world.rank]
     n_train = plan.index["train"][1] - plan.index["train"][0]
@@ -1158,7 +1199,6 @@ def write_dataset(
             write_json_atomic(tmp / DATA_JSON, meta.to_json_dict())
 
         _together(world, finish)
-    world.barrier()  # the others return once rank 0 has renamed the dir into place
     if world.is_main:
         for note in plan.notes:
             _say(note)
@@ -1218,6 +1258,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--member", type=int, metavar="K", help="ensemble member to keep (inputs with members)"
     )
     parser.add_argument("--compress", choices=["lzf", "gzip"], help="HDF5 compression of the shards")
+    parser.add_argument(
+        "--shard-mb", type=float, metavar="MB",
+        help=f"cut each calendar year of a split into shards of at most MB (default {MAX_SHARD_BYTES >> 20}); "
+        "under mpiexec/srun each shard is written by one rank, so smaller shards spread the work wider",
+    )
     parser.add_argument("--engine", help="force an xarray engine (netcdf4, h5netcdf, cfgrib, zarr)")
     parser.add_argument("--name", help="dataset_name in data.json (default: the dir name)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -1257,8 +1302,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         ds, notes = _together(world, lambda: open_inputs(args.input, member=args.member, engine=args.engine))
         splits = args.splits
-        # only rank 0 writes data.json: the others need the paths, not the (slow) checksums
-        inputs = [checksum_input(p) if world.is_main else {"path": str(Path(p).resolve())} for p in args.input]
+        # every rank checksums a share of the input files; rank 0 records them in data.json
+        inputs = checksum_inputs(args.input, world) or [{"path": str(Path(p).resolve())} for p in args.input]
         source = {"inputs": inputs, "command": command, "notes": notes}
         if args.member is not None:
             source["member"] = args.member
@@ -1275,6 +1320,7 @@ def run(args: argparse.Namespace) -> int:
         source=source,
         progress=progress,
         world=world,
+        max_shard_bytes=int(args.shard_mb * 2**20) if args.shard_mb is not None else None,
     )
     if not world.is_main:
         return 0

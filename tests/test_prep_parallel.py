@@ -314,3 +314,26 @@ def test_prep_template_renders_passes_shellcheck_and_runs_under_a_stub_srun(tmp_
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "by 2 ranks" in proc.stdout
     assert json.loads((tmp_path / "d" / "data.json").read_text())["source"]["ranks"] == 2
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the benchmark
+
+
+@pytest.mark.mpi
+def test_bench_prep_writes_rates_with_provenance(tmp_path):
+    _need_mpi()
+    import pandas as pd
+
+    from wxscale.provenance import PROVENANCE_COLUMNS
+
+    out = tmp_path / "b"
+    assert cli(["bench", "prep", "--synthetic", "12", "--grid", "19x36", "--levels", "500", "--ranks", "1,2",
+                "--rounds", "1", "--shard-mb", "0.016", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "prep_bench.csv")
+    assert list(table.columns[-len(PROVENANCE_COLUMNS):]) == PROVENANCE_COLUMNS
+    assert list(zip(table["kind"], table["ranks"], strict=True)) == [("read", 1), ("prep", 1), ("prep", 2)]
+    assert (table["gb_per_s"] > 0).all() and (table["field_bytes"] == 12 * 2 * 19 * 36 * 4).all()
+    assert table.loc[1, "speedup"] == 1 and table.loc[2, "shards"] >= 4
+    assert (out / "prep_bench.png").stat().st_size > 0
+    assert_same_dataset(out / "ranks_1" / "data", out / "ranks_2" / "data")

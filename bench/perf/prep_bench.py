@@ -49,7 +49,8 @@ from wxscale.perf.throughput import usable_cores
 from wxscale.provenance import PROVENANCE_COLUMNS
 
 COLUMNS = [
-    "kind", "ranks", "launcher", "rounds", "steps", "channels", "grid", "field_bytes", "wall_s", "wall_s_launch",
+    "kind", "ranks", "launcher", "rounds", "steps", "channels", "grid", "shards", "max_shard_steps", "field_bytes",
+    "wall_s", "wall_s_launch",
     "gb_per_s", "gb_per_s_launch", "gb_per_s_per_rank", "speedup", "efficiency", "ratio_to_read", "threads_per_rank",
     "cores", "oversubscribed",
 ] + PROVENANCE_COLUMNS
@@ -115,6 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", default="721x1440", help="--synthetic: LATxLON (default 721x1440, 0.25 deg)")
     parser.add_argument("--vars", help="channels, as for wxscale prep")
     parser.add_argument("--splits", help="as for wxscale prep (default: prep's; --synthetic: by whole days)")
+    parser.add_argument("--shard-mb", type=float, metavar="MB",
+                        help="as for wxscale prep: smaller shards spread the work over more ranks")
     parser.add_argument("--ranks", default="1,2", help="rank counts to launch prep with (default 1,2)")
     parser.add_argument("--rounds", type=int, default=2, help="repeats, each kind's fastest kept (default 2)")
     parser.add_argument("--launcher", choices=["mpiexec", "srun"], default="mpiexec")
@@ -129,6 +132,8 @@ def _prep_args(args: argparse.Namespace, inputs: list[str], splits: str | None) 
         extra += ["--vars", args.vars]
     if splits:
         extra += ["--splits", splits]
+    if args.shard_mb is not None:
+        extra += ["--shard-mb", f"{args.shard_mb:g}"]
     return ["--input", *inputs, *extra]
 
 
@@ -241,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
             writing = meta["source"]["writing"]
             runs.append({"kind": "prep", "ranks": meta["source"]["ranks"], "launcher": args.launcher, "round": rnd,
                          "steps": sum(s["n_steps"] for s in meta["shards"]), "field_bytes": writing["field_bytes"],
+                         "shards": len(meta["shards"]), "max_shard_steps": meta["source"]["max_shard_steps"],
                          "wall_s": writing["wall_s"], "wall_s_launch": launch_s,
                          "channels": len(meta["coords"]["channel"]),
                          "grid": f"{len(meta['coords']['lat'])}x{len(meta['coords']['lon'])}",
