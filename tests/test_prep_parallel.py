@@ -337,3 +337,33 @@ def test_bench_prep_writes_rates_with_provenance(tmp_path):
     assert table.loc[1, "speedup"] == 1 and table.loc[2, "shards"] >= 4
     assert (out / "prep_bench.png").stat().st_size > 0
     assert_same_dataset(out / "ranks_1" / "data", out / "ranks_2" / "data")
+
+
+@pytest.mark.slow
+def test_prep_template_runs_two_ranks_under_a_real_slurm(tmp_path_factory, tmp_path):
+    """The rendered template through a one-node Slurm on loopback (tests/slurm_cluster.py): `srun --mpi=pmi2`
+    wires 2 tasks up for mpi4py, and the dataset equals the serial prep's."""
+    from tests.slurm_cluster import SlurmCluster, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    pytest.importorskip("mpi4py")
+    wx = Path(sys.executable).parent / "wxscale"
+    if not wx.exists():
+        pytest.skip(f"no wxscale executable at {wx} (pip install -e .)")
+    source = real_data_file("ncep_slp_natl_daily_2001_2010.nc")
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        if cluster.cpus < 2:
+            pytest.skip(f"the node has {cluster.cpus} CPU(s); the job needs 2")
+        script = tmp_path / "job.sh"
+        script.write_text(submit.render_template("prep", {
+            "nodes": "1", "tasks_per_node": "2", "cpus_per_task": "1", "time": "00:10:00", "inputs": str(source),
+            "out": str(tmp_path / "d"), "wxscale": str(wx), "output": str(tmp_path / "slurm-%j.out")}))
+        job_id = cluster.sbatch(script, cwd=tmp_path)
+        info = cluster.wait(job_id, timeout=300)
+    output = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", output
+    assert "by 2 ranks" in output
+    assert json.loads((tmp_path / "d" / "data.json").read_text())["source"]["ranks"] == 2
+    assert_same_dataset(_serial(["--input", str(source)], tmp_path / "serial"), tmp_path / "d")
