@@ -18,8 +18,20 @@ Both sources go through :func:`write_dataset`, the one path to a dataset dir, wh
 4. write stats.h5 and data.json with checksums and provenance (:func:`_provenance`), inside a temporary dir
    renamed at the end.
 
-Shards cover disjoint stretches of time and every accumulator merges with another of its kind, so a parallel
-prep can give each process its own shards and merge the accumulators in time order before step 4.
+In parallel (`mpiexec -n N wxscale prep ...`, or `srun --mpi=pmi2` in a Slurm job; the world comes from
+wxscale.launch): every rank plans the same way, :func:`assign_shards` gives each a contiguous run of the shards
+(balanced by steps), each streams its blocks into the shards it owns in the shared temporary dir, and the
+accumulators are folded onto rank 0 in rank order, which is time order (:func:`_fold`; TrainStats.merge adds the
+one-step difference across each seam), so the statistics are the serial ones to float64 round-off. For
+`--fill mean` the train pass is shared out and reduced first. Rank 0 writes stats.h5 and data.json last
+(`source.ranks` says how many ranks wrote the shards) and renames the dir into place. A failure on any rank
+fails every rank (:func:`_together`), never leaving one waiting.
+
+Resuming: the temporary dir carries a key (:func:`resume_key`, a hash of the inputs and the plan) and a record
+per finished shard with its sha256 (:func:`record_done`, written after the shard is closed). A prep that was
+killed (SIGKILL, a Slurm time limit, a lost node) and is started again with the same plan gets that dir back,
+keeps each recorded shard whose checksum still matches (reading train shards back for the statistics) and
+writes only the others. An error that prep catches still removes everything.
 
 Statistics describe what the shards hold (after coarsening and filling), unweighted over grid points and time,
 population std (ddof 0).
@@ -664,12 +676,17 @@ def train_fill_values(plan: DatasetPlan, bar: tqdm, world: ProcessWorld | None =
     """Pass 1 of --fill mean: read the train split once for the fill value of each grid point (each rank a
     contiguous part of it; the sums are added up on rank 0 and the values sent to every rank)."""
     world = world or ProcessWorld()
-    acc = _FillMean(plan.n_channels, plan.grid)
     i0, i1 = plan.index["train"]
     cuts = np.linspace(i0, i1, world.size + 1).astype(int)
-    for a, b, x in plan.blocks(cuts[world.rank], cuts[world.rank + 1]):
-        acc.add(x)
-        bar.update(b - a)
+
+    def read_part() -> _FillMean:
+        acc = _FillMean(plan.n_channels, plan.grid)
+        for a, b, x in plan.blocks(cuts[world.rank], cuts[world.rank + 1]):
+            acc.add(x)
+            bar.update(b - a)
+        return acc
+
+    acc = _together(world, read_part)
 
     def merge(a: _FillMean, b: _FillMean) -> _FillMean:
         a.merge(b)
@@ -1037,7 +1054,7 @@ def checksum_inputs(paths: list[str | os.PathLike], world: ProcessWorld | None =
             listing.append((p, [(f, f.stat().st_size) for f in files]))
     listing = world.bcast(listing)
     flat = [f for _, files in listing for f, _ in files]
-    mine = {k: sha256_file(flat[k]) for k in range(world.rank, len(flat), world.size)}
+    mine = _together(world, lambda: {k: sha256_file(flat[k]) for k in range(world.rank, len(flat), world.size)})
     sums = _fold(world, mine, lambda a, b: {**a, **b})
     if not world.is_main:
         return []
