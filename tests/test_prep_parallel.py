@@ -276,6 +276,33 @@ def test_another_plan_does_not_reuse_a_killed_prep(era5_zarr, tmp_path):
     assert json.loads((out / "data.json").read_text())["source"]["writing"]["shards_reused"] == 0
 
 
+FAILER = """
+import os, sys
+import wxscale.data_prep.prep as prep
+from wxscale.cli import main
+real = prep.write_shard
+def fail_on_rank_1(*args, **kwargs):
+    if os.environ.get("PMI_RANK") == "1":
+        raise OSError("disk on fire")
+    return real(*args, **kwargs)
+prep.write_shard = fail_on_rank_1
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.mpi
+def test_an_error_on_one_rank_stops_every_rank_and_leaves_nothing(tmp_path):
+    _need_mpi()
+    out = tmp_path / "d"
+    argv = ["prep", "--input", str(real_data_file("ncep_slp_natl_daily_2001_2010.nc")), "--out", str(out),
+            "--no-progress"]
+    proc = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-c", FAILER, *argv], capture_output=True,
+                          text=True, timeout=120, env=_env())
+    assert proc.returncode != 0
+    assert "rank 1 of 2: OSError: disk on fire" in proc.stderr  # rank 0 says which rank failed, and why
+    assert not out.exists() and not partial_leftovers(out)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # the Slurm template
 
