@@ -5,7 +5,7 @@ the stages; no module imports a later stage (``tests/test_layout.py`` checks thi
 
     wxscale.errors, .files, .args,           foundations every stage may import: the error type, atomic writes and
     .provenance, .hardware, .metrics,        CSV, flag parsing, git SHA and environment, device peaks, WeatherBench 2
-    .submit                                  metrics, Slurm script rendering and submission
+    .submit, .launch                         metrics, Slurm script rendering and submission, the launcher's world
     wxscale.data_prep   (data_prep/)         raw reanalysis or the built-in simulator -> dataset dir; loaders
     wxscale.model       (model/)             the Swin emulator, its size ladder and analytic FLOPs
     wxscale.training    (bench/training/)    trainer, config, optimizer, schedules, losses, checkpoints, wireup

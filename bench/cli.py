@@ -29,6 +29,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("bench", "model"), "perf.model_bench", "model forward+backward speed and GFLOP/s against matmul peak"),
     (("bench", "throughput"), "perf.throughput", "training throughput, MFU and memory per configuration"),
     (("bench", "scaling"), "perf.scaling", "weak and strong scaling over ranks"),
+    (("bench", "prep"), "perf.prep_bench", "prep GB/s written, serial against N ranks, against a plain read"),
     (("report",), "report", "one Markdown page with plots from a benchmark or study folder"),
     (("submit",), "submit", "render an sbatch template from submit/ and submit it (or --dry-run)"),
     (("demo",), "demo", "the main job: a miniature scaling study on the built-in dataset"),

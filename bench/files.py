@@ -22,6 +22,9 @@ from typing import IO, Any
 from wxscale.errors import WxscaleError
 
 PARTIAL_SUFFIX = ".partial"
+# Inside a resumable temporary dir: what lets an interrupted write carry on (the writer's key in `key`, and
+# whatever records the writer keeps there). Dropped before the dir is renamed into place.
+RESUME_DIR = ".resume"
 
 
 @contextlib.contextmanager
@@ -129,13 +132,32 @@ def _finish_interrupted_swap(out: Path) -> None:
         old.rename(out)
 
 
+def resumable_partial(out: str | os.PathLike, key: str) -> Path | None:
+    """The temporary dir an interrupted :func:`atomic_output_dir` into ``out`` left with this resume ``key``
+    (the newest, if several), or None."""
+    found = []
+    for p in partial_leftovers(out):
+        try:
+            if (p / RESUME_DIR / "key").read_text() == key:
+                found.append((p.stat().st_mtime_ns, p))
+        except OSError:
+            continue
+    return max(found)[1] if found else None
+
+
 @contextlib.contextmanager
-def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False, flag: str = "--overwrite") -> Iterator[Path]:
+def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False, flag: str = "--overwrite",
+                      resume_key: str | None = None) -> Iterator[Path]:
     """Yield a temporary dir beside ``out``; rename it to ``out`` only when the block finishes without error.
 
     An interrupted or failed write leaves no dir that looks complete: the temporary one is removed on error,
     and one left behind by a SIGKILL has a name starting with '.' and ending in '.partial' (removed by the next
     write into the same place). A kill during the final swap is repaired by the next write too.
+
+    resume_key: a text that identifies what will be written (e.g. a hash of a plan). It is kept in
+    ``tmp/.resume/key``, and a later write with the same key gets the same temporary dir back, with what the
+    killed write had finished (leftovers with another key, or none, are removed as usual). The writer keeps its
+    own records of what is finished under ``tmp/.resume/``; that folder is removed before the rename.
     """
     out = Path(out)
     if out.parent.is_dir():
@@ -143,14 +165,23 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False, flag: str
     if out.exists() and not overwrite:
         raise WxscaleError(f"output dir {out} exists; pass {flag} to replace it, or choose another path")
     out.parent.mkdir(parents=True, exist_ok=True)
+    reuse = resumable_partial(out, resume_key) if resume_key is not None else None
     for stale in partial_leftovers(out):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=PARTIAL_SUFFIX))
+        if stale != reuse:
+            shutil.rmtree(stale, ignore_errors=True)
+    if reuse is not None:
+        tmp = reuse
+    else:
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=PARTIAL_SUFFIX))
+        if resume_key is not None:
+            (tmp / RESUME_DIR).mkdir()
+            write_text_atomic(tmp / RESUME_DIR / "key", resume_key)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(tmp / RESUME_DIR, ignore_errors=True)
     os.chmod(tmp, 0o755)  # mkdtemp makes it private
     if out.exists():
         old = out.with_name(f".{out.name}.old")

@@ -18,8 +18,20 @@ Both sources go through :func:`write_dataset`, the one path to a dataset dir, wh
 4. write stats.h5 and data.json with checksums and provenance (:func:`_provenance`), inside a temporary dir
    renamed at the end.
 
-Shards cover disjoint stretches of time and every accumulator merges with another of its kind, so a parallel
-prep can give each process its own shards and merge the accumulators in time order before step 4.
+In parallel (`mpiexec -n N wxscale prep ...`, or `srun --mpi=pmi2` in a Slurm job; the world comes from
+wxscale.launch): every rank plans the same way, :func:`assign_shards` gives each a contiguous run of the shards
+(balanced by steps), each streams its blocks into the shards it owns in the shared temporary dir, and the
+accumulators are folded onto rank 0 in rank order, which is time order (:func:`_fold`; TrainStats.merge adds the
+one-step difference across each seam), so the statistics are the serial ones to float64 round-off. For
+`--fill mean` the train pass is shared out and reduced first. Rank 0 writes stats.h5 and data.json last
+(`source.ranks` says how many ranks wrote the shards) and renames the dir into place. A failure on any rank
+fails every rank (:func:`_together`), never leaving one waiting.
+
+Resuming: the temporary dir carries a key (:func:`resume_key`, a hash of the inputs and the plan) and a record
+per finished shard with its sha256 (:func:`record_done`, written after the shard is closed). A prep that was
+killed (SIGKILL, a Slurm time limit, a lost node) and is started again with the same plan gets that dir back,
+keeps each recorded shard whose checksum still matches (reading train shards back for the statistics) and
+writes only the others. An error that prep catches still removes everything.
 
 Statistics describe what the shards hold (after coarsening and filling), unweighted over grid points and time,
 population std (ddof 0).
@@ -32,22 +44,28 @@ import contextlib
 import dataclasses
 import datetime
 import errno
+import hashlib
+import io
 import json
 import os
 import re
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
 import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
 from wxscale.data_prep.layout import (
     DATA_JSON,
+    FIELDS_KEY,
     SPLITS,
     STATS_H5,
+    TIME_KEY,
     DatasetMeta,
     ShardInfo,
     ShardWriter,
@@ -72,7 +90,15 @@ from wxscale.data_prep.reader import (
     zarr_store_provenance,
 )
 from wxscale.errors import WxscaleError
-from wxscale.files import atomic_output_dir, partial_leftovers, write_json_atomic
+from wxscale.files import (
+    RESUME_DIR,
+    atomic_output_dir,
+    partial_leftovers,
+    resumable_partial,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from wxscale.launch import ProcessWorld, process_world
 from wxscale.provenance import suite_version
 
 BLOCK_BYTES = 64 << 20  # one time block read from the input, float32
@@ -261,12 +287,14 @@ def _example_splits(hours: np.ndarray) -> str:
 
 
 def _shard_ranges(hours: np.ndarray, i0: int, i1: int, max_steps: int) -> list[tuple[int, int]]:
-    """Cut [i0, i1) at calendar-year boundaries and every max_steps steps."""
+    """Cut [i0, i1) at calendar-year boundaries, and each year into the fewest equal parts of at most max_steps
+    steps (equal, so no short remainder: a shard of one step would hold no sample, and ranks get even work)."""
     years = hours_to_datetime64(hours[i0:i1]).astype("datetime64[Y]").astype(np.int64)
     cuts = [i0, *(i0 + 1 + np.flatnonzero(np.diff(years))).tolist(), i1]
     out = []
     for a, b in zip(cuts, cuts[1:], strict=False):
-        out += [(s, min(s + max_steps, b)) for s in range(a, b, max_steps)]
+        parts = np.linspace(a, b, -(-(b - a) // max_steps) + 1).round().astype(int).tolist()
+        out += list(zip(parts, parts[1:], strict=False))
     return out
 
 
@@ -342,6 +370,7 @@ def plan_dataset(
     coarsen: int,
     compress: str | None,
     notes: list[str],
+    max_shard_bytes: int | None = None,
 ) -> DatasetPlan:
     """Normalise the source, pick its channels, check its time axis and cut it into splits and shards."""
     ds, normalise_notes = normalise(ds, where=where)
@@ -366,7 +395,8 @@ def plan_dataset(
     if used < len(axis.hours):
         notes.append(f"{len(axis.hours) - used} time step(s) fall in no split and are left out")
     step_bytes = len(channels) * n_lat * n_lon * 4
-    shard_steps = max(1, MAX_SHARD_BYTES // max(1, step_bytes // coarsen**2))
+    # at least two steps: a shard of one holds no sample
+    shard_steps = max(2, (max_shard_bytes or MAX_SHARD_BYTES) // max(1, step_bytes // coarsen**2))
     shards = [
         ShardPlan(split, f"{split}/{k:03d}.h5", a, b)
         for split in SPLITS
@@ -645,13 +675,29 @@ class _FillMean:
         ).astype(np.float32)
 
 
-def train_fill_values(plan: DatasetPlan, bar: tqdm) -> np.ndarray:
-    """Pass 1 of --fill mean: read the train split once for the fill value of each grid point."""
-    acc = _FillMean(plan.n_channels, plan.grid)
-    for a, b, x in plan.blocks(*plan.index["train"]):
-        acc.add(x)
-        bar.update(b - a)
-    return acc.values(plan)
+def train_fill_values(plan: DatasetPlan, bar: tqdm, world: ProcessWorld | None = None) -> np.ndarray:
+    """Pass 1 of --fill mean: read the train split once for the fill value of each grid point (each rank a
+    contiguous part of it; the sums are added up on rank 0 and the values sent to every rank)."""
+    world = world or ProcessWorld()
+    i0, i1 = plan.index["train"]
+    cuts = np.linspace(i0, i1, world.size + 1).astype(int)
+
+    def read_part() -> _FillMean:
+        acc = _FillMean(plan.n_channels, plan.grid)
+        for a, b, x in plan.blocks(cuts[world.rank], cuts[world.rank + 1]):
+            acc.add(x)
+            bar.update(b - a)
+        return acc
+
+    acc = _together(world, read_part)
+
+    def merge(a: _FillMean, b: _FillMean) -> _FillMean:
+        a.merge(b)
+        return a
+
+    total = _fold(world, acc, merge)
+    values = _together(world, lambda: total.values(plan) if world.is_main else None)
+    return world.bcast(values)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -731,12 +777,17 @@ def _writing_into(out: Path) -> Iterator[None]:
         ) from err
 
 
-def _say_leftovers(out: Path) -> None:
-    stale = partial_leftovers(out)
+def _say_leftovers(out: Path, key: str | None) -> None:
+    reuse = resumable_partial(out, key) if key is not None else None
+    if reuse is not None:
+        n_done = len(list((reuse / RESUME_DIR / "shards").glob("*.json")))
+        _say(f"resuming the prep killed in {reuse.name}: {n_done} shard(s) recorded finished (each checked "
+             "against its sha256 before it is kept)")
+    stale = [p for p in partial_leftovers(out) if p != reuse]
     if stale:
         _say(
-            f"removing {len(stale)} unfinished dataset dir(s) left beside {out} by an interrupted prep: "
-            + ", ".join(p.name for p in stale)
+            f"removing {len(stale)} unfinished dataset dir(s) left beside {out} by an interrupted prep"
+            + (" of another plan" if key is not None else "") + ": " + ", ".join(p.name for p in stale)
         )
 
 
@@ -755,7 +806,8 @@ def write_shard(
 ) -> ShardInfo:
     """Stream one shard's blocks from the source into `tmp/shard.path`: count NaN and fill them (or, without
     --fill, stop writing at the first and keep counting, for the error), and feed `train` the blocks written.
-    Shards cover disjoint times: each may be written by another process with its own accumulators."""
+    Shards cover disjoint times: each may be written by another process with its own accumulators.
+    The returned ShardInfo carries the sha256 of the closed file."""
     (tmp / shard.split).mkdir(exist_ok=True)
     bar.set_postfix_str(shard.path)
     writer = ShardWriter(tmp / shard.path, plan.n_channels, plan.grid, plan.compress)
@@ -774,8 +826,166 @@ def write_shard(
                 train.add(x, hours)
     finally:
         writer.close()
+    return _shard_info(shard, plan, sha256_file(tmp / shard.path))
+
+
+def _shard_info(shard: ShardPlan, plan: DatasetPlan, sha256: str) -> ShardInfo:
     hours = plan.axis.hours
-    return ShardInfo(shard.path, shard.split, shard.i1 - shard.i0, iso(hours[shard.i0]), iso(hours[shard.i1 - 1]), "")
+    return ShardInfo(shard.path, shard.split, shard.i1 - shard.i0, iso(hours[shard.i0]), iso(hours[shard.i1 - 1]),
+                     sha256)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# resuming: a record per finished shard in the temporary dir, written after the shard is closed and checksummed
+
+
+def _record_path(tmp: Path, shard: ShardPlan) -> Path:
+    return tmp / RESUME_DIR / "shards" / (shard.path.replace("/", "-") + ".json")
+
+
+def record_done(tmp: Path, shard: ShardPlan, info: ShardInfo, missing: MissingValues) -> None:
+    """Mark a closed shard finished: its checksum and what its blocks held (NaN counted, values filled)."""
+    record = {
+        "path": shard.path, "i0": shard.i0, "i1": shard.i1, "sha256": info.sha256,
+        "bad": {k: v.tolist() for k, v in missing.bad.items()}, "n_values": missing.n_values,
+        "filled": missing.filled.tolist(),
+    }
+    write_json_atomic(_record_path(tmp, shard), record)
+
+
+def finished_shard(tmp: Path, shard: ShardPlan, plan: DatasetPlan) -> tuple[ShardInfo, MissingValues] | None:
+    """A shard a killed prep finished (its record matches the plan and the file its checksum), else None."""
+    try:
+        record = json.loads(_record_path(tmp, shard).read_text())
+    except (OSError, ValueError):
+        return None
+    if (record.get("path"), record.get("i0"), record.get("i1")) != (shard.path, shard.i0, shard.i1):
+        return None
+    path = tmp / shard.path
+    if not path.is_file() or sha256_file(path) != record["sha256"]:
+        return None  # rewritten after the record, or damaged: write it again
+    missing = MissingValues(list(plan.index), plan.n_channels)
+    for k, v in record["bad"].items():
+        missing.bad[k] += np.asarray(v, dtype=np.int64)
+    missing.n_values.update(record["n_values"])
+    missing.filled += np.asarray(record["filled"], dtype=np.int64)
+    return _shard_info(shard, plan, record["sha256"]), missing
+
+
+def _restat_shard(tmp: Path, shard: ShardPlan, plan: DatasetPlan, train: TrainStats) -> None:
+    """Feed `train` a finished shard's blocks from the shard itself (the values written, after filling)."""
+    with h5py.File(tmp / shard.path, "r") as f:
+        fields, time = f[FIELDS_KEY], f[TIME_KEY][:]
+        for a in range(0, len(time), plan.block_steps):
+            b = min(a + plan.block_steps, len(time))
+            train.add(fields[a:b], time[a:b])
+
+
+def resume_key(plan: DatasetPlan, source: dict, fill: str) -> str | None:
+    """A hash of everything the shards' bytes depend on: the inputs (path, size, modification time), or the
+    simulator's configuration, the plan (channels, grid, times, shards), the policies and the tool version.
+    None when the source cannot be identified (a Dataset built in Python): such a prep does not resume."""
+    if source.get("inputs"):
+        ident: object = [_input_identity(Path(i["path"])) for i in source["inputs"]]
+    elif source.get("builtin"):
+        ident = {"builtin": source["builtin"], "config": source.get("simulator_config")}
+    else:
+        return None
+    h = hashlib.sha256()
+    h.update(json.dumps({
+        "ident": ident, "version": suite_version(), "channels": [ch.name for ch in plan.channels],
+        "coarsen": plan.coarsen, "compress": plan.compress, "fill": fill,
+        "shards": [(s.path, s.i0, s.i1) for s in plan.shards],
+    }, sort_keys=True, default=str).encode())
+    for array in (plan.axis.hours, plan.lat, plan.lon):
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def _input_identity(p: Path) -> list:
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    return [(str(q.resolve()), q.stat().st_size, q.stat().st_mtime_ns) for q in files]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ranks: each writes a contiguous run of shards; the accumulators are folded in rank order (= time order)
+
+
+def assign_shards(plan: DatasetPlan, n_ranks: int) -> list[int]:
+    """The rank of each shard: contiguous runs in plan order (train, valid, test; in time), balanced by steps.
+    Contiguity keeps each rank's train blocks one stretch of time, which TrainStats.merge folds exactly."""
+    steps = np.array([s.i1 - s.i0 for s in plan.shards], dtype=np.float64)
+    centre = (np.cumsum(steps) - steps / 2) / steps.sum()
+    return np.minimum((centre * n_ranks).astype(int), n_ranks - 1).tolist()
+
+
+def _failure(err: BaseException) -> str:
+    return str(err) if isinstance(err, WxscaleError) else f"{type(err).__name__}: {err}"
+
+
+def _together(world: ProcessWorld, fn):
+    """Run fn on every rank; if it fails on any, fail on all (with that rank's message), so no rank waits
+    forever in a later collective for one that has stopped."""
+    try:
+        result, failure = fn(), None
+    except Exception as err:
+        result, failure = None, err
+    if not world.distributed:
+        if failure is not None:
+            raise failure
+        return result
+    failures = world.allgather(None if failure is None else _failure(failure))
+    if failure is not None:
+        raise failure
+    for rank, text in enumerate(failures):
+        if text is not None:
+            raise WxscaleError(f"rank {rank} of {world.size}: {text}")
+    return result
+
+
+def _fold(world: ProcessWorld, obj, merge):
+    """Fold every rank's `obj` onto rank 0 in rank order, `merge(a, b)` with b the later, in log2(size)
+    rounds of point-to-point messages (a binomial tree: rank 0 never holds more than two at once).
+    Returns the fold on rank 0, None on the others."""
+    step = 1
+    while step < world.size:
+        if world.rank % (2 * step) == step:
+            world.send(obj, world.rank - step)
+            return None
+        if world.rank + step < world.size:
+            obj = merge(obj, world.recv(world.rank + step))
+        step *= 2
+    return obj
+
+
+@contextlib.contextmanager
+def _shared_output_dir(world: ProcessWorld, out: Path, overwrite: bool, key: str | None) -> Iterator[Path]:
+    """Rank 0 opens the atomic output dir (resuming the one a killed prep of the same plan left) and tells the
+    others where it is; it renames it into place when the block ends without error on every rank."""
+    with contextlib.ExitStack() as stack:
+        tmp, failure = None, None
+        if world.is_main:
+            _say_leftovers(out, key)
+            try:
+                tmp = stack.enter_context(atomic_output_dir(out, overwrite=overwrite, resume_key=key))
+            except Exception as err:
+                failure = err
+        name, text = world.bcast((str(tmp) if tmp else None, _failure(failure) if failure else None))
+        if failure is not None:
+            raise failure
+        if text is not None:
+            raise WxscaleError(text)
+        yield Path(name)  # an error in the block reaches every rank (the block ends with a collective step)
+        if world.is_main:
+            try:
+                stack.close()  # the rename into place
+            except Exception as err:
+                failure = err
+        text = world.bcast(_failure(failure) if failure else None)  # the others return once it is in place
+        if failure is not None:
+            raise failure
+        if text is not None:
+            raise WxscaleError(text)
 
 
 def _split_meta(plan: DatasetPlan, shards: list[ShardInfo]) -> dict[str, dict]:
@@ -793,11 +1003,15 @@ def _split_meta(plan: DatasetPlan, shards: list[ShardInfo]) -> dict[str, dict]:
 
 
 def _provenance(
-    source: dict, plan: DatasetPlan, *, variables: list[str] | None, fill: str, filled: np.ndarray, clim_info: dict
+    source: dict, plan: DatasetPlan, *, variables: list[str] | None, fill: str, filled: np.ndarray, clim_info: dict,
+    ranks: int = 1, writing: dict | None = None,
 ) -> dict:
-    """data.json's `source`: what the caller recorded (inputs, checksums, command) and how prep treated it."""
+    """data.json's `source`: what the caller recorded (inputs, checksums, command) and how prep treated it;
+    `ranks` (how many processes wrote the shards) and `writing` (timing, shards reused by a resume)."""
     return {
         **source,
+        "ranks": ranks,
+        "writing": writing or {},
         "wxscale_version": suite_version(),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": source.get("command", "python: data_prep.prep.write_dataset"),
@@ -811,6 +1025,7 @@ def _provenance(
             else "NaN refused",
         },
         "compress": plan.compress,
+        "max_shard_steps": max(s.i1 - s.i0 for s in plan.shards),
         "split_policy": plan.policy,
         "splits_spec": plan.spec_text,
         "time": {
@@ -827,20 +1042,45 @@ def _provenance(
 
 def checksum_input(path: str | os.PathLike) -> dict:
     """Provenance of one input: absolute path, size, sha256 (of every file, in order, for a dir; of the metadata
-    only for a zarr store, :func:`data_prep.reader.zarr_store_provenance`, which never reads its chunks)."""
-    p = Path(path).resolve()
-    if is_zarr_store(p):
-        return zarr_store_provenance(p)
-    if p.is_dir():
-        import hashlib
+    only for a zarr store, :func:`wxscale.data_prep.reader.zarr_store_provenance`, which never reads its chunks)."""
+    return checksum_inputs([path])[0]
 
-        h, size = hashlib.sha256(), 0
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+
+def checksum_inputs(paths: list[str | os.PathLike], world: ProcessWorld | None = None) -> list[dict]:
+    """:func:`checksum_input` of each path, the files' sha256 shared out over the ranks (round robin; the
+    same result as one process). Rank 0 lists the files and gets the result; the other ranks get []."""
+    world = world or ProcessWorld()
+    listing = None
+    if world.is_main:
+        listing = []
+        for p in (Path(q).resolve() for q in paths):
+            if is_zarr_store(p):  # metadata only (below): a published store's chunks are never read to hash them
+                files = []
+            else:
+                files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+            listing.append((p, [(f, f.stat().st_size) for f in files]))
+    listing = world.bcast(listing)
+    flat = [f for _, files in listing for f, _ in files]
+    mine = _together(world, lambda: {k: sha256_file(flat[k]) for k in range(world.rank, len(flat), world.size)})
+    sums = _fold(world, mine, lambda a, b: {**a, **b})
+    if not world.is_main:
+        return []
+    out, k = [], 0
+    for p, files in listing:
+        if is_zarr_store(p):
+            out.append(zarr_store_provenance(p))
+            continue
+        if not p.is_dir():
+            out.append({"path": str(p), "bytes": files[0][1], "sha256": sums[k]})
+            k += 1
+            continue
+        h = hashlib.sha256()
+        for f, _ in files:
             h.update(str(f.relative_to(p)).encode())
-            h.update(bytes.fromhex(sha256_file(f)))
-            size += f.stat().st_size
-        return {"path": str(p), "bytes": size, "sha256": h.hexdigest(), "kind": "dir"}
-    return {"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            h.update(bytes.fromhex(sums[k]))
+            k += 1
+        out.append({"path": str(p), "bytes": sum(size for _, size in files), "sha256": h.hexdigest(), "kind": "dir"})
+    return out
 
 
 def _say(msg: str) -> None:
@@ -873,17 +1113,29 @@ def write_dataset(
     name: str | None = None,
     source: dict | None = None,
     progress: bool = True,
+    world: ProcessWorld | None = None,
+    max_shard_bytes: int | None = None,
 ) -> Path:
     """Write `ds` (dims time, lat, lon and optionally level) as a dataset dir at `out`; returns `out`.
 
     splits: "train=2000:2001,valid=2002,test=2003", ISO ranges, a dict {split: range}, or None for 80/10/10 by
     time. variables: channel names (z500) or variable names (z: all its levels); None for all. coarsen:
     integer block mean over lat and lon. fill: "none" refuses NaN, "mean" fills with the train mean of each
-    grid point (the channel mean where a point is never valid). compress: None, "lzf" or "gzip". source:
+    grid point (the channel mean where a point is never valid). compress: None, "lzf" or "gzip".
+    max_shard_bytes: a calendar year of a split is cut into shards of at most this (default MAX_SHARD_BYTES);
+    smaller shards give more ranks work (a shard is written by one rank). source:
     provenance to record (inputs, checksums, command); tool version, policies and notes are added here.
     overwrite: replace `out` if it is a dataset dir or empty (anything else is refused).
+    world: the ranks that write together (wxscale.launch.process_world(); default: this process alone). Every
+    rank calls write_dataset with the same arguments; each writes a contiguous run of the shards, rank 0 folds
+    the accumulators in time order and writes stats.h5 and data.json last.
+    Resumes: when `source` names inputs or the simulator, a prep killed before it finished leaves its
+    temporary dir with a record per finished shard; the same command again keeps those shards (checked against
+    their sha256) and writes only the rest.
     Raises WxscaleError for input it cannot turn into a valid dataset; nothing is left at `out` then.
     """
+    t_start = time.perf_counter()
+    world = world or ProcessWorld()
     out = Path(out)
     source = dict(source or {})
     where = (
@@ -891,52 +1143,108 @@ def write_dataset(
         or source.get("builtin")
         or "dataset"
     )
-    _check_options(fill, compress, coarsen)
-    check_output_dir(out, overwrite)  # before the work; atomic_output_dir checks existence again at the end
 
-    plan = plan_dataset(
-        ds, where, variables=variables, splits=splits, coarsen=coarsen, compress=compress,
-        notes=list(source.pop("notes", [])),
-    )
-    n_train = plan.index["train"][1] - plan.index["train"][0]
-    total = sum(s.i1 - s.i0 for s in plan.shards) + (n_train if fill == "mean" else 0)
-    bar = tqdm(total=total, unit="step", desc="prep", disable=not progress, dynamic_ncols=True)
-    fill_values = train_fill_values(plan, bar) if fill == "mean" else None
-    clim_info, clim = plan_climatology(plan)
-    train = TrainStats(plan.n_channels, plan.axis.dhours, clim)
-    missing = MissingValues(list(plan.index), plan.n_channels)
-
-    _say_leftovers(out)
-    with _writing_into(out), atomic_output_dir(out, overwrite=overwrite) as tmp:
-        shards = [
-            write_shard(tmp, s, plan, fill_values, missing, train if s.split == "train" else None, bar)
-            for s in plan.shards
-        ]
-        bar.close()
-        if fill_values is None and missing.any():
-            raise missing.refusal(plan)
-        write_stats(tmp / STATS_H5, train.result(plan, clim_info))
-        for info in shards:
-            info.sha256 = sha256_file(tmp / info.path)
-        meta = DatasetMeta(
-            dataset_name=name or out.name,
-            dhours=plan.axis.dhours,
-            lat=[float(v) for v in plan.lat],
-            lon=[float(v) for v in plan.lon],
-            lon_periodic=lon_wraps(plan.lon),
-            channels=[ch.name for ch in plan.channels],
-            shards=shards,
-            splits=_split_meta(plan, shards),
-            source=_provenance(
-                source, plan, variables=variables, fill=fill, filled=missing.filled, clim_info=clim_info
-            ),
-            gaps=plan.axis.gaps,
-            channel_units={ch.name: ch.units for ch in plan.channels if ch.units},
+    def prepare() -> DatasetPlan:
+        _check_options(fill, compress, coarsen)
+        check_output_dir(out, overwrite)  # before the work; atomic_output_dir checks existence again at the end
+        return plan_dataset(
+            ds, where, variables=variables, splits=splits, coarsen=coarsen, compress=compress,
+            notes=list(source.pop("notes", [])), max_shard_bytes=max_shard_bytes,
         )
-        write_json_atomic(tmp / DATA_JSON, meta.to_json_dict())
-    for note in plan.notes:
-        _say(note)
+
+    if max_shard_bytes is not None and max_shard_bytes < 1:
+        raise WxscaleError(f"--shard-mb: must be positive (got {max_shard_bytes / 2**20:g} MB)")
+    plan = _together(world, prepare)
+    key = world.bcast(resume_key(plan, source, fill) if world.is_main else None)  # one rank lists the inputs
+    owner = assign_shards(plan, world.size)
+    mine = [s for s, r in zip(plan.shards, owner, strict=True) if r == world.rank]
+    n_train = plan.index["train"][1] - plan.index["train"][0]
+    total = sum(s.i1 - s.i0 for s in mine) + (-(-n_train // world.size) if fill == "mean" else 0)
+    bar = tqdm(total=total, unit="step", desc="prep", disable=not (progress and world.is_main), dynamic_ncols=True)
+    clim_info, clim = plan_climatology(plan)
+
+    with _writing_into(out), _shared_output_dir(world, out, overwrite, key) as tmp:
+        fill_values = _fill_values(world, tmp, plan, bar, key) if fill == "mean" else None
+
+        def write_mine() -> tuple[TrainStats, MissingValues, list[ShardInfo], int]:
+            train = TrainStats(plan.n_channels, plan.axis.dhours, clim)
+            missing = MissingValues(list(plan.index), plan.n_channels)
+            infos, n_reused = [], 0
+            for shard in mine:
+                done = finished_shard(tmp, shard, plan) if key is not None else None
+                if done is not None:
+                    info, shard_missing = done
+                    n_reused += 1
+                    bar.update(shard.i1 - shard.i0)
+                    if shard.split == "train":
+                        _restat_shard(tmp, shard, plan, train)
+                else:
+                    shard_missing = MissingValues(list(plan.index), plan.n_channels)
+                    info = write_shard(tmp, shard, plan, fill_values, shard_missing,
+                                       train if shard.split == "train" else None, bar)
+                    if key is not None and (fill_values is not None or not shard_missing.any()):
+                        record_done(tmp, shard, info, shard_missing)
+                missing.merge(shard_missing)
+                infos.append(info)
+            return train, missing, infos, n_reused
+
+        mine_done = _together(world, write_mine)
+        bar.close()
+
+        def merge(a: tuple, b: tuple) -> tuple:
+            a[0].merge(b[0])
+            a[1].merge(b[1])
+            return a[0], a[1], a[2] + b[2], a[3] + b[3]
+
+        folded = _fold(world, mine_done, merge)
+
+        def finish() -> None:
+            if not world.is_main:
+                return
+            train, missing, shards, n_reused = folded
+            if fill_values is None and missing.any():
+                raise missing.refusal(plan)
+            write_stats(tmp / STATS_H5, train.result(plan, clim_info))
+            written = sum(s.i1 - s.i0 for s in plan.shards) * plan.n_channels * plan.grid[0] * plan.grid[1] * 4
+            meta = DatasetMeta(
+                dataset_name=name or out.name,
+                dhours=plan.axis.dhours,
+                lat=[float(v) for v in plan.lat],
+                lon=[float(v) for v in plan.lon],
+                lon_periodic=lon_wraps(plan.lon),
+                channels=[ch.name for ch in plan.channels],
+                shards=shards,
+                splits=_split_meta(plan, shards),
+                source=_provenance(
+                    source, plan, variables=variables, fill=fill, filled=missing.filled, clim_info=clim_info,
+                    ranks=world.size,
+                    writing={"wall_s": round(time.perf_counter() - t_start, 3), "field_bytes": written,
+                             "shards_reused": n_reused, "resumed": n_reused > 0},
+                ),
+                gaps=plan.axis.gaps,
+                channel_units={ch.name: ch.units for ch in plan.channels if ch.units},
+            )
+            write_json_atomic(tmp / DATA_JSON, meta.to_json_dict())
+
+        _together(world, finish)
+    if world.is_main:
+        for note in plan.notes:
+            _say(note)
     return out
+
+
+def _fill_values(world: ProcessWorld, tmp: Path, plan: DatasetPlan, bar: tqdm, key: str | None) -> np.ndarray:
+    """--fill mean's values: from a resumed prep's record, or a pass over the train split (then recorded)."""
+    saved = tmp / RESUME_DIR / "fill_values.npy"
+    have = world.bcast(key is not None and saved.is_file())
+    if have:
+        return np.load(saved)
+    values = train_fill_values(plan, bar, world)
+    if world.is_main and key is not None:
+        buf = io.BytesIO()
+        np.save(buf, values)
+        write_bytes_atomic(saved, buf.getvalue())
+    return values
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -978,6 +1286,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--member", type=int, metavar="K", help="ensemble member to keep (inputs with members)"
     )
     parser.add_argument("--compress", choices=["lzf", "gzip"], help="HDF5 compression of the shards")
+    parser.add_argument(
+        "--shard-mb", type=float, metavar="MB",
+        help=f"cut each calendar year of a split into shards of at most MB (default {MAX_SHARD_BYTES >> 20}); "
+        "under mpiexec/srun each shard is written by one rank, so smaller shards spread the work wider",
+    )
     parser.add_argument("--engine", help="force an xarray engine (netcdf4, h5netcdf, cfgrib, zarr)")
     parser.add_argument("--name", help="dataset_name in data.json (default: the dir name)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -988,15 +1301,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    progress = not args.no_progress
-    check_output_dir(args.out, args.overwrite)  # before simulating or checksumming the inputs
+    """`wxscale prep`; under `mpiexec -n N` or `srun --mpi=pmi2` the N ranks write the shards together."""
+    world = process_world()
+    progress = not args.no_progress and world.is_main
+    # before simulating or checksumming the inputs
+    _together(world, lambda: check_output_dir(args.out, args.overwrite))
     command = getattr(args, "command_line", None) or shlex.join(sys.argv)
     if args.builtin:
         sim = _simulator()
         if sim is None:
             raise WxscaleError("--builtin swe: the simulator module data_prep.simulator is not available")
         cfg = sim.config_from_args(args)
-        try:
+        try:  # every rank simulates the same trajectories (deterministic) and writes its own shards of them
             ds = sim.simulate_swe(cfg, progress=progress)
         except FloatingPointError as err:  # an unstable configuration: the message names the flags
             raise WxscaleError(f"--builtin swe: {err}") from err
@@ -1012,9 +1328,11 @@ def run(args: argparse.Namespace) -> int:
                     pass
                 source.setdefault("simulator", {})[key] = value
     else:
-        ds, notes = open_inputs(args.input, member=args.member, engine=args.engine)
+        ds, notes = _together(world, lambda: open_inputs(args.input, member=args.member, engine=args.engine))
         splits = args.splits
-        source = {"inputs": [checksum_input(p) for p in args.input], "command": command, "notes": notes}
+        # every rank checksums a share of the input files; rank 0 records them in data.json
+        inputs = checksum_inputs(args.input, world) or [{"path": str(Path(p).resolve())} for p in args.input]
+        source = {"inputs": inputs, "command": command, "notes": notes}
         if args.member is not None:
             source["member"] = args.member
     out = write_dataset(
@@ -1029,15 +1347,22 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         source=source,
         progress=progress,
+        world=world,
+        max_shard_bytes=int(args.shard_mb * 2**20) if args.shard_mb is not None else None,
     )
+    if not world.is_main:
+        return 0
     from wxscale.data_prep.layout import load_meta
 
     meta = load_meta(out)
     counts = ", ".join(
         f"{s} {len(meta.shards_of(s))} shard(s)/{meta.splits[s]['n_steps']} steps" for s in meta.splits
     )
+    writing = meta.source.get("writing", {})
+    ranks = f" by {world.size} ranks" if world.distributed else ""
+    reused = f", {writing['shards_reused']} shard(s) kept from the killed prep" if writing.get("shards_reused") else ""
     _say(
-        f"wrote {out}: {meta.n_channels} channels {meta.channels}, grid {meta.grid[0]}x{meta.grid[1]}, "
-        f"every {meta.dhours} h, {len(meta.gaps)} gap(s); {counts}. Next: wxscale check {out}"
+        f"wrote {out}{ranks}: {meta.n_channels} channels {meta.channels}, grid {meta.grid[0]}x{meta.grid[1]}, "
+        f"every {meta.dhours} h, {len(meta.gaps)} gap(s); {counts}{reused}. Next: wxscale check {out}"
     )
     return 0

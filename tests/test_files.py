@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 
 from wxscale.errors import WxscaleError
-from wxscale.files import atomic_file, atomic_output_dir, partial_leftovers, write_csv, write_json_atomic
+from wxscale.files import (
+    RESUME_DIR,
+    atomic_file,
+    atomic_output_dir,
+    partial_leftovers,
+    resumable_partial,
+    write_csv,
+    write_json_atomic,
+)
 
 
 def test_atomic_file_keeps_the_old_content_on_error(tmp_path: Path):
@@ -66,3 +74,36 @@ def test_a_kill_during_the_swap_is_repaired(tmp_path: Path):
     with atomic_output_dir(out, overwrite=True) as tmp:
         (tmp / "f").write_text("new")
     assert (out / "f").read_text() == "new" and not old.exists()
+
+
+def test_a_resume_key_gets_the_killed_write_back(tmp_path: Path):
+    """A temporary dir left by a kill (simulated: its block never ended) is handed back to a write with the same
+    key, with its files; the resume folder is dropped before the rename; other keys' leftovers are removed."""
+    out = tmp_path / "d"
+    killed = atomic_output_dir(out, resume_key="plan-a")
+    tmp = killed.__enter__()  # entered, never exited: what a SIGKILL leaves
+    (tmp / "done.h5").write_text("kept")
+    assert (tmp / RESUME_DIR / "key").read_text() == "plan-a"
+    assert resumable_partial(out, "plan-a") == tmp and resumable_partial(out, "plan-b") is None
+    other = tmp_path / ".d.abcd1234.partial"  # a leftover without a key (or with another): stale
+    other.mkdir()
+
+    with atomic_output_dir(out, resume_key="plan-a") as again:
+        assert again == tmp and (again / "done.h5").read_text() == "kept"
+        assert not other.exists()
+        (again / "new.h5").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["done.h5", "new.h5"]  # no .resume
+    assert not partial_leftovers(out)
+    killed = atomic_output_dir(tmp_path / "e", resume_key="plan-a").__enter__()
+    with atomic_output_dir(tmp_path / "e", resume_key="plan-b") as fresh:  # another plan starts over
+        assert fresh != killed and not killed.exists()
+
+
+def test_a_resumable_write_that_fails_still_leaves_nothing(tmp_path: Path):
+    out = tmp_path / "d"
+    with pytest.raises(RuntimeError), atomic_output_dir(out, resume_key="k") as tmp:
+        (tmp / "f").write_text("half")
+        raise RuntimeError("failed")
+    assert not out.exists() and not partial_leftovers(out)
+    with atomic_output_dir(out) as tmp:  # no key: a leftover with one is stale like any other
+        assert not (tmp / RESUME_DIR).exists()

@@ -22,7 +22,7 @@ FOLDERS = {"bench": "wxscale", "model": "wxscale.model", "data_prep": "wxscale.d
 
 # Layers, earliest first. A module may import its own layer or an earlier one, never a later one.
 FOUNDATIONS = {"wxscale", "wxscale.errors", "wxscale.files", "wxscale.args", "wxscale.provenance",
-               "wxscale.hardware", "wxscale.metrics", "wxscale.submit"}
+               "wxscale.hardware", "wxscale.metrics", "wxscale.submit", "wxscale.launch"}
 STAGES = ["wxscale.data_prep", "wxscale.model", "wxscale.training", "wxscale.evaluation", "wxscale.study",
           "wxscale.perf"]
 TOP = {"wxscale.cli", "wxscale.demo", "wxscale.report"}

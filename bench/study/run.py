@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from wxscale.errors import WxscaleError
 from wxscale.files import ensure_writable_dir, write_json_atomic, write_text_atomic
-from wxscale.study.preloaded import ForkedRun, start_train
 from wxscale.study.plan import load_plan, trunks_of
+from wxscale.study.preloaded import ForkedRun, start_train
 from wxscale.study.sweep import (
     branch_config,
     collect_runs,

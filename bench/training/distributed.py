@@ -26,9 +26,7 @@ import torch
 import torch.distributed as dist
 
 from wxscale.errors import WxscaleError
-
-_MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
-_MPI_LOCAL_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK")
+from wxscale.launch import MPI_LOCAL_VARS, under_mpi
 
 
 @dataclasses.dataclass
@@ -116,15 +114,11 @@ def from_mpi(env: Mapping[str, str]) -> World:
     comm = MPI.COMM_WORLD
     addr_port = (_own_address(), _free_port()) if comm.Get_rank() == 0 else None
     addr, port = comm.bcast(addr_port, root=0)
-    local = next((_int(env, k) for k in _MPI_LOCAL_VARS if k in env), None)
+    local = next((_int(env, k) for k in MPI_LOCAL_VARS if k in env), None)
     if local is None:
         local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
     return World(rank=comm.Get_rank(), world_size=comm.Get_size(), local_rank=local, master_addr=addr,
                  master_port=port, launcher="mpi")
-
-
-def _under_mpi(env: Mapping[str, str]) -> bool:
-    return any(k in env for k in _MPI_SIZE_VARS)
 
 
 def detect_world(launcher: str = "auto", env: Mapping[str, str] | None = None) -> World:
@@ -142,7 +136,7 @@ def detect_world(launcher: str = "auto", env: Mapping[str, str] | None = None) -
         if "SLURM_PROCID" not in env:
             raise WxscaleError("distributed.launcher=slurm but SLURM_PROCID is not set (run under srun)")
         return from_slurm(env)
-    if launcher == "mpi" or (launcher == "auto" and _under_mpi(env)):
+    if launcher == "mpi" or (launcher == "auto" and under_mpi(env)):
         return from_mpi(env)
     return World()
 
