@@ -191,6 +191,9 @@ class SimConfig:
             return float(self.dt_seconds)
         # 1800 s at T31 keeps the advective Courant number below ~0.9 for 100 m/s winds (leapfrog limit 1).
         guess = 1800.0 * 31 / self.resolved_trunc
+        # The Coriolis term is explicit: leapfrog needs f dt < 1 for inertial oscillations; 2 Omega dt <= 0.6
+        # leaves a margin and does not bind at Earth's rotation down to T15 (it matters for --physics omega=...).
+        guess = min(guess, 0.6 / (2 * self.omega))
         return self.dhours * 3600 / math.ceil(self.dhours * 3600 / guess)
 
     def to_json(self) -> str:

@@ -147,9 +147,9 @@ def check_spec(spec: TransferSpec) -> None:
     if not spec.sizes:
         raise WxscaleError("--sizes: give at least one ladder size")
     bad = [n for n in spec.counts if n < 1 or n & (n - 1)]
-    if bad or len(spec.counts) < 2 or sorted(set(spec.counts)) != list(spec.counts):
-        why = f"not powers of 2: {bad}" if bad else "the power-law fit needs two points, in increasing order"
-        raise WxscaleError(f"--counts {spec.counts}: give at least two increasing powers of 2 ({why})")
+    if bad or not spec.counts or sorted(set(spec.counts)) != list(spec.counts):
+        why = f"not powers of 2: {bad}" if bad else "in increasing order; the power-law fits need two or more"
+        raise WxscaleError(f"--counts {spec.counts}: give increasing powers of 2 ({why})")
     if spec.counts[0] < spec.global_batch:
         raise WxscaleError(f"--counts {spec.counts}: the smallest count {spec.counts[0]} is below one global batch "
                            f"(--global-batch {spec.global_batch}); lower the batch or raise the counts")
