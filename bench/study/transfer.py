@@ -554,6 +554,14 @@ def summarise(table: pd.DataFrame, fits: pd.DataFrame, savings: pd.DataFrame, pr
                 more = "gains more" if rb < ra else "does not gain more"
                 lines.append(f"- {target}, D = {lo}: the larger model {large_s} {more} than {small_s} "
                              f"(L_ft/L_sc {rb:.3f} vs {ra:.3f}; D_E/D {mb:.3g} vs {ma:.3g}).")
+    if small["target"].nunique() >= 2:
+        for size, g in small.groupby("size", sort=False):
+            g = g.sort_values("shift")
+            parts = [f"{r.target} (shift {r.shift:.2g}): L_ft/L_sc {r.loss_ratio:.3f}, D_E/D {r.multiplier:.3g}"
+                     for r in g.itertuples()]
+            trend = "shrinks" if g["loss_ratio"].iloc[-1] > g["loss_ratio"].iloc[0] else "does not shrink"
+            lines.append(f"- {size}, D = {lo}, by shift: " + "; ".join(parts)
+                         + f": the benefit {trend} as the shift grows.")
     lines += ["", "## Power laws L = k D^a (downstream samples D)", "", "| size | target | mode | k | a | points |",
               "|---|---|---|---|---|---|"]
     for r in fits.itertuples():
