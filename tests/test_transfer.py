@@ -24,6 +24,7 @@ from wxscale.study.transfer import (
     fit_curves,
     physics_shift,
     plan_study,
+    pretrain_trunk_checkpoint,
     report,
     run_study,
     train_split_samples,
@@ -124,7 +125,8 @@ def test_study_table_and_reuse(two_datasets, tmp_path):
     assert (table["steps"] == 2).all() and (table["status"] == "complete").all()
     ft_run = Path(table[table["mode"] == "finetune"]["run_dir"].iloc[0])
     summary = json.loads((ft_run / "summary.json").read_text())
-    assert "pretrain/runs/trunk_s0/checkpoints/samples_" in summary["init_from"].replace("\\", "/")
+    ckpt = out / "pretrain" / "runs" / "trunk_s0" / "checkpoints" / f"samples_{pretrain_trunk_checkpoint(spec)}"
+    assert Path(summary["init_from"]).resolve() == ckpt.resolve()  # through the finetune sweep's trunk link
     assert (out / "transfer_near.png").is_file() and (out / "transfer_summary.md").is_file()
 
     finished = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}

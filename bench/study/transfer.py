@@ -107,7 +107,7 @@ class TransferSpec:
     steps: int = 60  # per downstream run
     cooldown_fraction: float = 0.2
     lead_hours: int = 24
-    eval_inits: int = 16
+    eval_inits: int = 8
     model_overrides: dict = dataclasses.field(default_factory=dict)
 
     def pretrain_samples(self) -> int:
@@ -359,8 +359,9 @@ def run_study(out: Path, spec: TransferSpec, executor: str = "local", jobs: int 
 
 
 def rollout_rmse(run_dir: Path, lead_hours: int, max_inits: int) -> dict[str, float]:
-    """Rollout RMSE per channel at ``lead_hours`` on the run's test split (wxscale eval; cached in RUN/eval)."""
-    out = run_dir / "eval"
+    """Rollout RMSE per channel at ``lead_hours`` on the run's test split (wxscale eval; cached in RUN/eval_*,
+    named by the settings, and recomputed when the run finished after it)."""
+    out = run_dir / f"eval_{lead_hours}h_{max_inits}inits"
     csv = out / "rmse.csv"
     info = out / "eval.json"
     fresh = csv.is_file() and info.is_file() and info.stat().st_mtime >= (run_dir / "summary.json").stat().st_mtime
@@ -432,7 +433,8 @@ def fit_curves(table: pd.DataFrame) -> pd.DataFrame:
         rows.append({"size": size, "params": int(g["params"].iloc[0]), "target": target,
                      "shift": g["shift"].iloc[0], "mode": mode, "coefficient": k, "exponent": a,
                      "n_points": len(g)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["size", "params", "target", "shift", "mode", "coefficient", "exponent",
+                                       "n_points"])
 
 
 def effective_data(table: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
@@ -440,7 +442,7 @@ def effective_data(table: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
     L_s = k_s D^a_s, D_T = D_E - D, multiplier D_E / D; ``extrapolated`` when D_E lies outside the counts."""
     rows = []
     ok = table[table["status"] == "complete"]
-    for (size, target), g in ok.groupby(["size", "target"], sort=False):
+    for (size, target), g in ok.groupby(["size", "target"], sort=False) if len(fits) else []:
         f = fits[(fits["size"] == size) & (fits["target"] == target) & (fits["mode"] == "scratch")]
         if f.empty:
             continue
@@ -491,6 +493,7 @@ def plot_target(table: pd.DataFrame, fits: pd.DataFrame, target: str, path: Path
         ax.set(xscale="log", yscale="log", xlabel="downstream samples", title=f"{size} ({params:.3g} params)")
         ax.set_xticks(sorted(t["downstream_samples"].unique()))
         ax.set_xticklabels([str(int(v)) for v in sorted(t["downstream_samples"].unique())])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("val loss (normalised MSE)")
     shift = t["shift"].iloc[0] if len(t) else math.nan
@@ -598,7 +601,9 @@ def save_spec(out: Path, spec: TransferSpec, overwrite: bool) -> None:
     d = dataclasses.asdict(spec)
     d["pretrain"] = str(Path(spec.pretrain).resolve())
     d["targets"] = {k: str(Path(v).resolve()) for k, v in spec.targets.items()}
-    digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    # what the runs depend on; the evaluation settings may change between calls (its cache is keyed by them)
+    trained = {k: v for k, v in d.items() if k not in ("lead_hours", "eval_inits")}
+    digest = hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(out) / SPEC_JSON
     if path.is_file() and not overwrite:
         old = json.loads(path.read_text()).get("hash")
@@ -654,7 +659,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="optimizer steps of every downstream run (a fixed budget; see the module docstring)")
     parser.add_argument("--cooldown-fraction", type=float, default=0.2)
     parser.add_argument("--lead-hours", type=int, default=24, help="lead of the rollout RMSE column")
-    parser.add_argument("--eval-inits", type=int, default=16, help="rollout init times per evaluation")
+    parser.add_argument("--eval-inits", type=int, default=8, help="rollout init times per evaluation (default 8)")
     parser.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
                         help="model field for every size (repeatable)")
     parser.add_argument("--train-config", type=Path, default=DEFAULT_BASE,
