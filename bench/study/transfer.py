@@ -510,10 +510,17 @@ def plot_savings(savings: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for (size, target), g in savings.groupby(["size", "target"], sort=False):
         g = g.sort_values("downstream_samples")
-        ax.plot(g["downstream_samples"], g["multiplier"], "o-", label=f"{size}, {target}")
+        line = ax.plot(g["downstream_samples"], g["multiplier"], "-", label=f"{size}, {target}")[0]
+        inside = ~g["extrapolated"].astype(bool)
+        ax.plot(g["downstream_samples"][inside], g["multiplier"][inside], "o", color=line.get_color())
+        ax.plot(g["downstream_samples"][~inside], g["multiplier"][~inside], "o", mfc="none", color=line.get_color())
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set(xscale="log", yscale="log", xlabel="downstream samples D",
-           ylabel="effective data multiplier D_E / D", title="data saved by pre-training")
+    counts = sorted(savings["downstream_samples"].unique())
+    ax.set(xscale="log", yscale="log", xlabel="downstream samples D", ylabel="effective data multiplier D_E / D",
+           title="data saved by pre-training (hollow: D_E extrapolated)")
+    ax.set_xticks(counts)
+    ax.set_xticklabels([str(int(c)) for c in counts])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
