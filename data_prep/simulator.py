@@ -71,7 +71,7 @@ import numpy as np
 from wxscale.errors import ConfigError
 
 SIMULATOR_NAME = "wxscale-swe"
-SIMULATOR_VERSION = "1.0"
+SIMULATOR_VERSION = "1.1"  # 1.1: physics parameters, mixtures, the inertial time-step cap
 
 # Constants of Galewsky et al. (2004), as in SCIENCE.md.
 EARTH_RADIUS = 6.37122e6  # a [m]
