@@ -35,9 +35,11 @@ optimizer steps of ``--global-batch`` samples with the same WSD schedule (warmup
 last ``--cooldown-fraction``). Why: the two modes then spend the same compute, so a gap between them is the
 pre-training's and not the optimiser's; the trainer has no early stopping (and must not grow a second loop);
 and a convergence criterion on a validation loss that is noisy at 8 samples would end runs at arbitrary
-points. Pick ``--steps`` so that scratch at the largest count has flattened out (metrics.csv of each run shows
-whether it has): then the small counts, revisited for many epochs, are data-limited, which is the regime the
-study is about.
+points. Pick ``--steps`` so that scratch at the largest count has flattened out: then the small counts,
+revisited for many epochs, are data-limited, which is the regime the study is about. The summary's budget check
+says whether it has (transfer.csv ``train_loss_drop_2nd_half``: how much the train loss fell over the second half
+of the run). The CPU miniature cannot afford that: at its 60 steps scratch is still improving, so its gap at the
+larger counts includes pre-training compute.
 
 The pretrained model for fine-tuning is the pretrain trunk's constant-LR checkpoint (before its cooldown): the
 point continual training resumes from (Hagele et al. 2024); every downstream run then warms up and cools down
@@ -46,9 +48,9 @@ on its own.
 transfer.csv columns: ``size, params, pretrain, target, shift, downstream_samples, mode, steps, val_loss``,
 ``rmse_<channel>_<lead>h`` (rollout RMSE at ``--lead-hours`` on the target's test split, lat-weighted, physical
 units, :func:`wxscale.evaluation.evaluate.evaluate_run`), and ``shift_params, samples, wall_s, status,
-run_dir``. ``shift`` is the size of the physics shift: max over the :data:`~wxscale.data_prep.simulator.PHYSICS`
-parameters of |ln(target / pretrain)| (0 in distribution; to the nearest setting of a mixture pretraining);
-NaN when a dataset records no simulator physics.
+run_dir, train_loss_drop_2nd_half``. ``shift`` is the size of the physics shift: max over the
+:data:`~wxscale.data_prep.simulator.PHYSICS` parameters of |ln(target / pretrain)| (0 in distribution; to the
+nearest setting of a mixture pretraining); NaN when a dataset records no simulator physics.
 
 The summary: the effective data transferred (Hernandez et al. 2021, "Scaling Laws for Transfer"): with the
 scratch power law L_s(D) = k D^a fitted over the counts, the data scratch would need to reach the fine-tuned
@@ -404,11 +406,28 @@ def collect(out: Path, spec: TransferSpec, evaluate: bool = True) -> pd.DataFram
                     if evaluate and s.get("status") == "complete":
                         row.update(rollout_rmse(run, spec.lead_hours, spec.eval_inits))
                     row.update({"shift_params": words, "samples": s.get("samples"), "wall_s": s.get("wall_s"),
-                                "status": s.get("status"), "run_dir": str(run)})
+                                "status": s.get("status"), "run_dir": str(run),
+                                "train_loss_drop_2nd_half": still_improving(run, d / "runs", mode)})
                     rows.append(row)
     df = pd.DataFrame(rows)
     write_csv(Path(out) / TRANSFER_CSV, df)
     return df
+
+
+def still_improving(run: Path, runs: Path, mode: str) -> float:
+    """1 - (train loss at the end) / (train loss half way), over the whole run (for scratch, its trunk's
+    metrics.csv and then the branch's): clearly above 0 means the fixed step budget ended a still-improving run."""
+    parts = [run / "metrics.csv"]
+    if mode == "scratch":
+        parts.insert(0, runs / run.name.replace("sc_", "trunk_", 1) / "metrics.csv")
+    frames = [pd.read_csv(p) for p in parts if p.is_file()]
+    if not frames:
+        return math.nan
+    m = pd.concat(frames).dropna(subset=["train_loss"]).sort_values("step")
+    if len(m) < 2:
+        return math.nan
+    half = m.iloc[(m["step"] - m["step"].iloc[-1] / 2).abs().argmin()]
+    return float(1 - m["train_loss"].iloc[-1] / half["train_loss"])
 
 
 def pretrain_losses(out: Path, spec: TransferSpec) -> dict[str, float]:
@@ -572,6 +591,13 @@ def summarise(table: pd.DataFrame, fits: pd.DataFrame, savings: pd.DataFrame, pr
             trend = "shrinks" if g["loss_ratio"].iloc[-1] > g["loss_ratio"].iloc[0] else "does not shrink"
             lines.append(f"- {size}, D = {lo}, by shift: " + "; ".join(parts)
                          + f": the benefit {trend} as the shift grows.")
+    top = table[(table["downstream_samples"] == hi) & (table["mode"] == "scratch")]
+    if "train_loss_drop_2nd_half" in top and len(top):
+        drops = ", ".join(f"{r.size}/{r.target} {100 * r.train_loss_drop_2nd_half:.0f} %" for r in top.itertuples())
+        steps = int(top["steps"].iloc[0])
+        lines.append(f"- Budget check: scratch's train loss fell over the second half of its {steps}"
+                     f" steps at D = {hi} by {drops}. Where this is large, scratch had not converged, and part of "
+                     "the gap at the larger counts is pre-training compute rather than data.")
     lines += ["", "## Power laws L = k D^a (downstream samples D)", "", "| size | target | mode | k | a | points |",
               "|---|---|---|---|---|---|"]
     for r in fits.itertuples():
