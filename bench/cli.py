@@ -22,6 +22,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("sweep", "plan"), "study.plan", "plan a scaling sweep: budgets x sizes -> trunks and branches"),
     (("sweep", "run"), "study.run", "run a planned sweep locally or through Slurm (resumable)"),
     (("sweep", "status"), "study.status", "show what a sweep has done, is running, or failed"),
+    (("transfer",), "study.transfer", "transfer study: pretrain, fine-tune vs scratch across physics shifts"),
     (("fit",), "study.fit_cli", "IsoFLOP and scaling-law fits with bootstrap intervals from runs.csv"),
     (("schedules",), "study.schedules", "WSD with a 1-sqrt cooldown against cosine at equal compute, per size"),
     (("eval",), "evaluation.evaluate", "roll a trained model out over the test split: RMSE, ACC, spectra"),

@@ -120,6 +120,15 @@ class SampleIndex:
         self.shard_of = np.concatenate(shard_of)
         self.start_of = np.concatenate(start_of)
 
+    def keep_subset(self, n: int, seed: int = 0) -> None:
+        """Keep n samples: the first n of a permutation seeded by ``seed`` alone (not the run's seed), in id
+        order, so every run asking for n gets the same samples and a smaller subset lies inside a larger one."""
+        if not 1 <= n <= len(self):
+            raise WxscaleError(f"data.train_samples={n}: split {self.split!r} of {self.dataset_dir} holds "
+                               f"{len(self)} samples (rollout {self.rollout_steps}); ask for at most that many")
+        keep = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+        self.shard_of, self.start_of = self.shard_of[keep], self.start_of[keep]
+
     def __len__(self) -> int:
         return len(self.shard_of)
 
@@ -307,6 +316,7 @@ class _Loader:
         shuffle: bool,
         drop_last: bool,
         device: Any,
+        max_samples: int | None = None,
     ):
         self.dataset_dir = Path(dataset_dir)
         self.meta: DatasetMeta = load_meta(dataset_dir)
@@ -317,6 +327,8 @@ class _Loader:
                 f"{self.meta.n_channels}; rewrite the dataset with `wxscale prep`"
             )
         self.index = SampleIndex(dataset_dir, split, rollout_steps, self.meta)
+        if max_samples is not None:
+            self.index.keep_subset(max_samples)
         self.split, self.rollout_steps = split, int(rollout_steps)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.sampler = EpochSampler(
@@ -645,10 +657,12 @@ def build_loader(
     shuffle: bool = True,
     drop_last: bool = True,
     device: Any = None,
+    max_samples: int | None = None,
 ) -> _Loader:
     """A loader over `split` of a dataset dir (module doc for order, sharding, position and normalisation).
 
     batch_size is the per-rank batch; device None gives CPU tensors, "cuda" tensors on the current GPU.
+    max_samples: read only a fixed subset of that many samples (:meth:`SampleIndex.keep_subset`).
     """
     if kind not in KINDS:
         raise WxscaleError(f"--loader {kind!r} unknown; choose one of {', '.join(KINDS)}")
@@ -665,4 +679,5 @@ def build_loader(
         shuffle=shuffle,
         drop_last=drop_last,
         device=device,
+        max_samples=max_samples,
     )

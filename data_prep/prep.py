@@ -1319,11 +1319,11 @@ def run(args: argparse.Namespace) -> int:
         splits = args.splits or year_splits(ds)
         cfg_dict = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else vars(cfg)
         source = {"builtin": "swe", "simulator_config": cfg_dict, "command": command}
-        for key in ("source", "simulator_version", "grid", "references", "trajectories"):
+        for key in ("source", "simulator_version", "grid", "references", "trajectories", "physics"):
             if key in ds.attrs:
                 value = ds.attrs[key]
                 try:
-                    value = json.loads(value) if key == "trajectories" else value
+                    value = json.loads(value) if key in ("trajectories", "physics") else value
                 except (TypeError, ValueError):
                     pass
                 source.setdefault("simulator", {})[key] = value

@@ -35,6 +35,11 @@ h' = h_hat cos(phi) exp(-(lambda / alpha)^2) exp(-((phi2 - phi) / beta)^2) that 
 instability. Per trajectory a seeded generator draws u_max, the jet latitude, the bump position and amplitude;
 by default each hemisphere gets its own (mirrored) jet so the whole globe is active.
 
+Physics parameters (``--physics NAME=VALUE``, :data:`PHYSICS`): the mean depth H (gravity-wave speed
+sqrt(g H), Rossby radius sqrt(g H) / f), the rotation rate Omega, the centre of the jet-latitude draw, the centre of
+the jet-speed draw, and the hyperdiffusion time. A mixture config (``SimConfig.mixture``, the flag given several
+times) cycles its trajectories through several settings; every trajectory records the physics it ran with.
+
 Output
 ------
 An ``xarray.Dataset`` with ``h`` (fluid depth, m; the shallow-water analogue of geopotential height), ``u``,
@@ -57,6 +62,7 @@ import json
 import math
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -65,7 +71,7 @@ import numpy as np
 from wxscale.errors import ConfigError
 
 SIMULATOR_NAME = "wxscale-swe"
-SIMULATOR_VERSION = "1.0"
+SIMULATOR_VERSION = "1.1"  # 1.1: physics parameters, mixtures, the inertial time-step cap
 
 # Constants of Galewsky et al. (2004), as in SCIENCE.md.
 EARTH_RADIUS = 6.37122e6  # a [m]
@@ -95,6 +101,7 @@ class SimConfig:
     trunc: int | None = None  # None: n_lat - 1 (what the output grid can carry)
     dt_seconds: float | None = None  # None: 1800 s at T31, scaled by 31 / T, rounded to divide dhours
     mean_depth: float = 10_000.0  # H [m]
+    omega: float = OMEGA  # rotation rate [1/s]
     hyperdiff_order: int = 4  # p in nu del^(2p): 2 = del^4, 4 = del^8
     # e-folding time at l = T: 12 h keeps the T31 vorticity free of grid-scale noise while taking only ~2%
     # of the energy during spin-up (6 h: 3.5%, 24 h: visible noise at the truncation)
@@ -109,6 +116,9 @@ class SimConfig:
     vorticity: bool = False  # also write relative vorticity `vo`
     workers: int = 0  # processes over trajectories; 0: min(#trajectories, CPU count)
     nthreads: int = 1  # ducc0 threads per process (processes over trajectories scale better at T31)
+    # Physics settings ((name, value) pairs, names from PHYSICS) that the trajectories cycle through
+    # (trajectory i uses setting i mod len): a mixture dataset. Empty: every trajectory uses the fields above.
+    mixture: tuple[tuple[tuple[str, float], ...], ...] = ()
 
     def __post_init__(self) -> None:
         def bad(field: str, flag: str, why: str) -> ConfigError:
@@ -144,10 +154,32 @@ class SimConfig:
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise bad(name, "no flag", f"low {lo} > high {hi}")
+        if self.u_max_range[0] <= 0:
+            raise bad("u_max_range", "--physics u_max", f"jet speeds must be > 0 m/s, got {self.u_max_range}")
         if not (20.0 <= self.jet_lat_range[0] and self.jet_lat_range[1] <= 70.0):
             raise bad("jet_lat_range", "no flag", "jet centres must lie in 20..70 deg (in one hemisphere)")
         if self.workers < 0 or self.nthreads < 1:
             raise bad("workers/nthreads", "--sim-workers", "workers must be >= 0 and nthreads >= 1")
+        if self.mean_depth <= 0 or self.omega <= 0:
+            raise bad("mean_depth/omega", "--physics", f"must be > 0, got mean_depth={self.mean_depth}, "
+                      f"omega={self.omega}")
+        for setting in self.mixture:
+            with_physics(dataclasses.replace(self, mixture=()), dict(setting))  # validates names and values
+
+    def physics(self) -> dict[str, float]:
+        """The values of the :data:`PHYSICS` parameters (of the fields, not of a mixture's settings)."""
+        return {name: spec.get(self) for name, spec in PHYSICS.items()}
+
+    def physics_settings(self) -> list[dict[str, float]]:
+        """Every physics setting the dataset's trajectories use: one, or the mixture's (in full)."""
+        n = max(1, len(self.mixture))
+        return [self.trajectory_config(i).physics() for i in range(n)]
+
+    def trajectory_config(self, index: int) -> SimConfig:
+        """The config trajectory ``index`` runs with: this one, or its mixture setting ``index mod len``."""
+        if not self.mixture:
+            return self
+        return with_physics(dataclasses.replace(self, mixture=()), dict(self.mixture[index % len(self.mixture)]))
 
     @property
     def resolved_trunc(self) -> int:
@@ -159,6 +191,9 @@ class SimConfig:
             return float(self.dt_seconds)
         # 1800 s at T31 keeps the advective Courant number below ~0.9 for 100 m/s winds (leapfrog limit 1).
         guess = 1800.0 * 31 / self.resolved_trunc
+        # The Coriolis term is explicit: leapfrog needs f dt < 1 for inertial oscillations; 2 Omega dt <= 0.6
+        # leaves a margin and does not bind at Earth's rotation down to T15 (it matters for --physics omega=...).
+        guess = min(guess, 0.6 / (2 * self.omega))
         return self.dhours * 3600 / math.ceil(self.dhours * 3600 / guess)
 
     def to_json(self) -> str:
@@ -168,7 +203,79 @@ class SimConfig:
     def from_json(cls, text: str) -> SimConfig:
         """The config recorded in a dataset's ``config`` attribute (JSON turned the ranges into lists)."""
         fields = json.loads(text)
+        if "mixture" in fields:
+            fields["mixture"] = tuple(tuple((str(k), float(v)) for k, v in s) for s in fields["mixture"])
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Physics parameters (`--physics NAME=VALUE`): what a transfer study shifts
+
+
+@dataclass(frozen=True)
+class PhysicsParam:
+    """One physics knob: how to read it from a SimConfig and which fields to set for a value."""
+
+    help: str
+    get: Callable[[SimConfig], float]
+    set: Callable[[SimConfig, float], dict]
+
+
+def _centre(rng: tuple[float, float]) -> float:
+    return 0.5 * (rng[0] + rng[1])
+
+
+def _recentre(rng: tuple[float, float], value: float) -> tuple[float, float]:
+    """The range moved to centre ``value``, its width kept (the per-trajectory randomisation stays)."""
+    half = 0.5 * (rng[1] - rng[0])
+    return (value - half, value + half)
+
+
+PHYSICS: dict[str, PhysicsParam] = {
+    "mean_depth": PhysicsParam(
+        "mean layer depth H [m]; sets the gravity-wave speed sqrt(g H) and the Rossby radius (default 10000)",
+        lambda c: c.mean_depth, lambda c, v: {"mean_depth": v}),
+    "omega": PhysicsParam(
+        "rotation rate [1/s]; the Coriolis parameter 2 Omega sin(lat) (default 7.292e-5)",
+        lambda c: c.omega, lambda c, v: {"omega": v}),
+    "jet_lat": PhysicsParam(
+        "centre of the jet-latitude draw [deg], range width kept (default 45: 35..55)",
+        lambda c: _centre(c.jet_lat_range), lambda c, v: {"jet_lat_range": _recentre(c.jet_lat_range, v)}),
+    "u_max": PhysicsParam(
+        "centre of the jet-speed draw [m/s], range width kept (default 75: 60..90)",
+        lambda c: _centre(c.u_max_range), lambda c, v: {"u_max_range": _recentre(c.u_max_range, v)}),
+    "hyperdiff_hours": PhysicsParam(
+        "hyperdiffusion e-folding time at the truncation scale [h] (default 12)",
+        lambda c: c.hyperdiff_hours, lambda c, v: {"hyperdiff_hours": v}),
+}
+
+
+def with_physics(cfg: SimConfig, setting: dict[str, float]) -> SimConfig:
+    """``cfg`` with the physics parameters of ``setting`` (names from :data:`PHYSICS`) set; validated."""
+    unknown = sorted(set(setting) - set(PHYSICS))
+    if unknown:
+        raise ConfigError(f"--physics: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(PHYSICS)}")
+    fields: dict = {}
+    for name, value in setting.items():
+        fields.update(PHYSICS[name].set(cfg, float(value)))
+    try:
+        return dataclasses.replace(cfg, **fields)
+    except ConfigError as err:
+        raise ConfigError(f"--physics {setting}: {err}") from None
+
+
+def parse_physics(items: list[str]) -> dict[str, float]:
+    """One ``--physics NAME=VALUE ...`` occurrence -> {name: value}."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name.strip() not in PHYSICS:
+            raise ConfigError(f"--physics {item!r}: expected NAME=VALUE with NAME one of {', '.join(PHYSICS)}")
+        try:
+            out[name.strip()] = float(text)
+        except ValueError:
+            raise ConfigError(f"--physics {item!r}: {text!r} is not a number") from None
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -178,7 +285,7 @@ class SimConfig:
 class SphereOps:
     """Spectral transforms and operators at triangular truncation T on an alias-free Gauss-Legendre grid."""
 
-    def __init__(self, trunc: int, nthreads: int = 1) -> None:
+    def __init__(self, trunc: int, nthreads: int = 1, omega: float = OMEGA) -> None:
         import ducc0.sht  # local: only the simulator needs it
 
         self.sht = ducc0.sht
@@ -202,7 +309,8 @@ class SphereOps:
         self.sq = np.sqrt(self.ell * (self.ell + 1)) / EARTH_RADIUS
         self.inv_sq = np.zeros_like(self.sq)
         self.inv_sq[1:] = 1.0 / self.sq[1:]
-        self.coriolis = (2 * OMEGA * np.sin(self.lat))[:, None]
+        self.omega = omega
+        self.coriolis = (2 * omega * np.sin(self.lat))[:, None]
 
     def _kw(self) -> dict:
         return dict(lmax=self.lmax, geometry="GL", nthreads=self.nthreads)
@@ -280,14 +388,14 @@ def jet_wind(lat: np.ndarray, jet: JetParams) -> np.ndarray:
     return u
 
 
-def balanced_height(lat: np.ndarray, jets: list[JetParams], mean_depth: float) -> np.ndarray:
+def balanced_height(lat: np.ndarray, jets: list[JetParams], mean_depth: float, omega: float = OMEGA) -> np.ndarray:
     """Zonal h(phi) in gradient-wind balance with the jets: g dh/dphi = -a u (f + u tan(phi) / a)
     (Galewsky et al. 2004, eq. 3), integrated by the trapezoid rule on a fine latitude grid and interpolated,
     with the constant chosen so the area mean of h is ``mean_depth``."""
     fine = np.linspace(-np.pi / 2, np.pi / 2, 20_001)
     u = sum(jet_wind(fine, j) for j in jets)
     # u vanishes well before the poles, so tan(phi) never meets its singularity inside the jet
-    dh = -EARTH_RADIUS * u * (2 * OMEGA * np.sin(fine) + u * np.tan(np.clip(fine, -1.5, 1.5)) / EARTH_RADIUS)
+    dh = -EARTH_RADIUS * u * (2 * omega * np.sin(fine) + u * np.tan(np.clip(fine, -1.5, 1.5)) / EARTH_RADIUS)
     h = np.concatenate([[0.0], np.cumsum(0.5 * (dh[1:] + dh[:-1]) * np.diff(fine))]) / GRAVITY
     h += mean_depth - np.trapezoid(h * np.cos(fine), fine) / 2.0  # area mean of a zonal field: int h cos / 2
     return np.interp(lat, fine, h)
@@ -305,7 +413,7 @@ def initial_state(ops: SphereOps, jets: list[JetParams], mean_depth: float) -> n
     """Spectral state [3, nalm]: (vorticity, divergence, geopotential) of balanced jets plus bumps."""
     u = sum(jet_wind(ops.lat, j) for j in jets)[:, None] * np.ones((1, ops.nlon))
     vort, div = ops.div_curl(np.stack([np.zeros_like(u), u]))[::-1]
-    h = balanced_height(ops.lat, jets, mean_depth)[:, None] + sum(bump(ops.lat, ops.lon, j) for j in jets)
+    h = balanced_height(ops.lat, jets, mean_depth, ops.omega)[:, None] + sum(bump(ops.lat, ops.lon, j) for j in jets)
     phi = ops.to_spec(GRAVITY * h)
     phi[0] = GRAVITY * mean_depth * math.sqrt(4 * math.pi)  # a_00 = mean * sqrt(4 pi): exact mean depth H
     return np.stack([vort, 0.0 * div, phi])
@@ -320,7 +428,7 @@ class ShallowWater:
 
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
-        self.ops = SphereOps(cfg.resolved_trunc, cfg.nthreads)
+        self.ops = SphereOps(cfg.resolved_trunc, cfg.nthreads, cfg.omega)
         self.dt = cfg.resolved_dt
         self.phi_bar = GRAVITY * cfg.mean_depth  # reference geopotential of the implicit gravity waves
         ell = self.ops.ell
@@ -400,7 +508,9 @@ def trajectory_steps(cfg: SimConfig) -> tuple[int, int, int]:
 
 def run_trajectory(cfg: SimConfig, index: int, progress_cb=None) -> dict:
     """Simulate trajectory ``index``: returns output fields [n_out, lat, lon] (float32), the jets, and
-    per-output diagnostics ``mass`` (area-mean h from the l = 0 coefficient, m) and ``energy``."""
+    per-output diagnostics ``mass`` (area-mean h from the l = 0 coefficient, m) and ``energy``. A mixture
+    config runs the trajectory with its setting (:meth:`SimConfig.trajectory_config`)."""
+    cfg = cfg.trajectory_config(index)
     model = ShallowWater(cfg)
     ops = model.ops
     out_grid = OutputGrid(cfg, ops.lmax, cfg.nthreads)
@@ -441,7 +551,7 @@ def run_trajectory(cfg: SimConfig, index: int, progress_cb=None) -> dict:
     if progress_cb is not None:
         progress_cb(total % per_out)
     return {"index": index, "fields": fields, "mass": mass, "energy": energy,
-            "jets": [dataclasses.asdict(j) for j in jets]}
+            "jets": [dataclasses.asdict(j) for j in jets], "physics": cfg.physics()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -528,6 +638,7 @@ def simulate_swe(cfg: SimConfig | None = None, progress: bool = False):
         data_vars[name] = (("time", "lat", "lon"), arr, {"units": meta[name][0], "long_name": meta[name][1]})
     trajectories = [{
         "index": r["index"], "start": str(starts[r["index"]]), "n_steps": n_out, "jets": r["jets"],
+        "physics": r["physics"],
         "mass_rel_drift": float(np.abs(r["mass"] - r["mass"][0]).max() / r["mass"][0]),
         "energy_rel_drift": float((r["energy"][-1] - r["energy"][0]) / r["energy"][0]),
     } for r in results]
@@ -545,6 +656,7 @@ def simulate_swe(cfg: SimConfig | None = None, progress: bool = False):
             "simulator": SIMULATOR_NAME,
             "simulator_version": SIMULATOR_VERSION,
             "config": cfg.to_json(),
+            "physics": json.dumps(cfg.physics_settings()),
             "seed": cfg.seed,
             "grid": "equiangular cell centres without poles: lat = 90 - (i+0.5)*180/n_lat (north to south), "
                     "lon = j*360/n_lon",
@@ -596,15 +708,26 @@ def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sim-vorticity", action="store_true", help="also write relative vorticity `vo`")
     g.add_argument("--sim-workers", type=int, default=d.workers,
                    help="processes over trajectories, 0 = one per CPU (default %(default)s)")
+    g.add_argument("--physics", nargs="+", action="append", metavar="NAME=VALUE",
+                   help="physics parameters of the trajectories; give the flag again for a mixture dataset whose "
+                        "trajectories cycle through the settings, e.g. --physics mean_depth=5000 --physics "
+                        "mean_depth=10000 omega=1e-4. Names: " + "; ".join(f"{k}: {v.help}" for k, v in
+                                                                         PHYSICS.items()))
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     """The SimConfig that the flags of :func:`add_simulator_arguments` describe."""
     n_lat, n_lon = _parse_grid(args.grid)
-    return SimConfig(
+    cfg = SimConfig(
         n_lat=n_lat, n_lon=n_lon, years=args.years, seed=args.seed, start_year=args.sim_start_year,
         traj_days=args.sim_traj_days, spinup_days=args.sim_spinup_days, gap_days=args.sim_gap_days,
         traj_per_year=args.sim_traj_per_year, dhours=args.sim_dhours,
         trunc=args.sim_trunc, dt_seconds=args.sim_dt, hyperdiff_hours=args.sim_hyperdiff_hours,
         jets=args.sim_jets, vorticity=args.sim_vorticity, workers=args.sim_workers,
     )
+    settings = [parse_physics(items) for items in getattr(args, "physics", None) or []]
+    if len(settings) == 1:
+        return with_physics(cfg, settings[0])
+    if settings:
+        return dataclasses.replace(cfg, mixture=tuple(tuple(sorted(s.items())) for s in settings))
+    return cfg

@@ -11,6 +11,7 @@ from wxscale.data_prep.simulator import (
     EARTH_RADIUS,
     GRAVITY,
     OMEGA,
+    PHYSICS,
     SimConfig,
     SphereOps,
     add_simulator_arguments,
@@ -19,6 +20,7 @@ from wxscale.data_prep.simulator import (
     quadrature_weights,
     run_trajectory,
     simulate_swe,
+    with_physics,
 )
 from wxscale.errors import ConfigError
 
@@ -195,3 +197,74 @@ def test_bad_flags_name_the_flag(argv, flag):
     with pytest.raises(ConfigError, match=flag):
         cfg = config_from_args(parser.parse_args(argv))
         simulate_swe(cfg)  # the last case is only found when laying out the trajectories
+
+
+# ----- physics parameters (--physics) and mixtures
+
+
+def _physics_args(*argv: str) -> SimConfig:
+    parser = argparse.ArgumentParser()
+    add_simulator_arguments(parser)
+    return config_from_args(parser.parse_args(list(argv)))
+
+
+def test_physics_flags_set_the_config_and_a_repeat_makes_a_mixture():
+    cfg = _physics_args("--physics", "mean_depth=5000", "omega=1e-4", "jet_lat=40", "u_max=70",
+                        "hyperdiff_hours=6")
+    assert (cfg.mean_depth, cfg.omega, cfg.hyperdiff_hours) == (5000.0, 1e-4, 6.0)
+    assert cfg.jet_lat_range == (30.0, 50.0) and cfg.u_max_range == (55.0, 85.0)  # widths kept
+    assert cfg.physics() == {"mean_depth": 5000.0, "omega": 1e-4, "jet_lat": 40.0, "u_max": 70.0,
+                             "hyperdiff_hours": 6.0}
+    assert set(cfg.physics()) == set(PHYSICS)
+    mix = _physics_args("--physics", "mean_depth=5000", "--physics", "mean_depth=20000", "omega=1e-4")
+    assert mix.mean_depth == SimConfig().mean_depth  # the fields stay; the trajectories cycle the settings
+    assert [mix.trajectory_config(i).mean_depth for i in range(4)] == [5000.0, 20000.0, 5000.0, 20000.0]
+    assert mix.trajectory_config(1).omega == 1e-4 and mix.trajectory_config(0).omega == OMEGA
+    assert [s["mean_depth"] for s in mix.physics_settings()] == [5000.0, 20000.0]
+    assert SimConfig.from_json(mix.to_json()) == mix
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--physics", "depth=5000"], "mean_depth"),  # the message lists the known names
+    (["--physics", "mean_depth=deep"], "not a number"),
+    (["--physics", "mean_depth=-1"], "--physics"),
+    (["--physics", "jet_lat=80"], "jet_lat_range"),
+    (["--physics", "omega=1e-4", "--physics", "u_max=-20"], "u_max"),
+])
+def test_bad_physics_name_the_flag(argv, needle):
+    with pytest.raises(ConfigError, match=needle):
+        _physics_args(*argv)
+
+
+def test_physics_change_the_data():
+    """Same seed, same jets: a shallower layer or a faster rotation gives other fields."""
+    base = run_trajectory(SMALL, index=0)
+    shallow = run_trajectory(with_physics(SMALL, {"mean_depth": 5000.0}), index=0)
+    fast = run_trajectory(with_physics(SMALL, {"omega": 2 * OMEGA}), index=0)
+    assert base["jets"] == shallow["jets"] == fast["jets"]
+    w = quadrature_weights(SMALL.n_lat)[:, None]
+    for out, depth in ((base, 10_000.0), (shallow, 5000.0)):
+        np.testing.assert_allclose((w * out["fields"]["h"][-1]).sum() / SMALL.n_lon, depth, rtol=1e-4)
+    for other in (shallow, fast):
+        du = np.abs(other["fields"]["u"][-1] - base["fields"]["u"][-1]).max()
+        assert du > 0.1  # m/s, after 3 days from the same balanced jets: dynamics, not round-off (~1e-5)
+    # the balanced height drop across a jet is ~ f u: twice the rotation, about twice the height anomaly
+    spread = {k: np.std(v["fields"]["h"][-1]) for k, v in (("base", base), ("fast", fast))}
+    assert 1.6 < spread["fast"] / spread["base"] < 2.4
+    assert shallow["physics"]["mean_depth"] == 5000.0 and fast["physics"]["omega"] == 2 * OMEGA
+
+
+def test_prep_records_the_physics_of_a_mixture(tmp_path):
+    from wxscale.cli import main
+    from wxscale.data_prep.layout import load_meta
+
+    out = tmp_path / "mix"
+    rc = main(["prep", "--builtin", "swe", "--out", str(out), "--grid", "16x32", "--years", "3",
+               "--sim-traj-per-year", "2", "--sim-traj-days", "2", "--sim-spinup-days", "0.5", "--seed", "1",
+               "--sim-workers", "1", "--no-progress", "--physics", "mean_depth=5000", "--physics", "mean_depth=8000"])
+    assert rc == 0
+    sim = load_meta(out).source["simulator"]
+    assert [s["mean_depth"] for s in sim["physics"]] == [5000.0, 8000.0]
+    assert [t["physics"]["mean_depth"] for t in sim["trajectories"]] == [5000.0, 8000.0] * 3
+    assert load_meta(out).source["simulator_config"]["mixture"] == [[["mean_depth", 5000.0]],
+                                                                    [["mean_depth", 8000.0]]]

@@ -55,6 +55,9 @@ class DataConfig(_Section):
     channels: list[str] | None = None
     # validate the dataset dir before training like `wxscale check`: "quick" skips checksums and the NaN scan
     check: Literal["full", "quick", "off"] = "quick"
+    # Train on a fixed subset of this many train-split samples (a downstream data size in a transfer study): the
+    # first n of one seeded permutation, so smaller subsets lie inside larger ones; None: the whole split.
+    train_samples: int | None = Field(None, ge=1)
 
     _path = field_validator("dataset", mode="before")(lambda v: _fspath(v))
 
@@ -130,6 +133,8 @@ class RunConfig(_Section):
     budget_flops: float | None = Field(None, gt=0)  # stop at the first step whose training FLOPs reach this
     max_wall_s: float | None = Field(None, gt=0)  # stop (status: stopped) after this much wall time
     init_from: str | None = None  # a checkpoint dir (<trunk run>/checkpoints/<name>): branch from it
+    # With init_from: take the model weights only (fine-tuning): fresh optimizer, schedule, loader and counters.
+    init_weights_only: bool = False
     checkpoint_at_samples: list[int] = Field(default_factory=list)  # trunk checkpoints kept by name
     checkpoint_every_steps: int | None = Field(None, ge=1)  # rolling checkpoint for --resume
     device: Literal["auto", "cpu", "cuda"] = "auto"

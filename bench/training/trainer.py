@@ -429,6 +429,9 @@ class Trainer:
                 raise ConfigError(f"checkpoint {self.source} holds another model "
                                   f"({self.start_meta.get('model_config')})"
                                   f" than model.size={cfg.model.size} with overrides {cfg.model.overrides}")
+        if self.mode == "fresh" and self.source is not None and cfg.run.init_weights_only:
+            # fine-tuning: the weights only; optimizer, schedule, loader position and counters start afresh
+            self.state, self.start_meta = {"model": self.state["model"]}, {}
         c = self.start_meta or {}
         if self.mode == "fresh" and self.source is not None:  # a branch: where it came from, kept across resumes
             self.branch = {"init_from": str(self.source), "branch_from_samples": int(c.get("samples", 0))}
@@ -470,7 +473,7 @@ class Trainer:
         common = dict(seed=cfg.run.seed, rank=world.rank, world_size=world.world_size, kind=cfg.data.loader,
                       num_workers=cfg.data.num_workers, device=loader_device)
         self.loader = build_loader(dataset, "train", batch_size=self.per_rank, rollout_steps=self.k,
-                                   shuffle=True, drop_last=True, **common)
+                                   shuffle=True, drop_last=True, max_samples=cfg.data.train_samples, **common)
         self.val_loader = build_loader(dataset, "valid", batch_size=cfg.validation.batch_size or self.per_rank,
                                        rollout_steps=1, shuffle=False, drop_last=False, **common)
         self.val_start = self.val_loader.state_dict()
@@ -504,6 +507,8 @@ class Trainer:
     def _load_state(self) -> None:
         s, cfg = self.state, self.cfg
         self.net.load_state_dict(s["model"])
+        if "optimizer" not in s:  # run.init_weights_only
+            return
         self.optimizer.load_state_dict(s["optimizer"])
         for g in self.optimizer.param_groups:  # the config's hyper-parameters apply, not the trunk's
             g["betas"], g["eps"] = tuple(cfg.optim.betas), cfg.optim.eps
