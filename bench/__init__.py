@@ -12,7 +12,10 @@ the stages; no module imports a later stage (``tests/test_layout.py`` checks thi
     wxscale.evaluation  (bench/evaluation/)  autoregressive rollouts of a run dir scored against baselines
     wxscale.study       (bench/study/)       sweep plan/run/status, scaling-law fits and their plots, comparisons
     wxscale.perf        (bench/perf/)        benchmarks: throughput and MFU, scaling, loader, model
-    wxscale.cli, .demo, .report              the command line, the miniature study, the report
+    wxscale.demo, .report                    the miniature study, the report
+
+``wxscale.cli`` dispatches ``wxscale COMMAND`` to the module of that command, imported only when it runs, so any
+stage may run another command through it as a user would (the sweep runs ``train``, the transfer study ``prep``).
 
 The model imports nothing from data preparation or training; the contracts between stages (dataset dir, run dir,
 sweep and fit CSVs) are documented in the modules that own them and in the README.
