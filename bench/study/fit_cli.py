@@ -166,6 +166,11 @@ def run(args: argparse.Namespace) -> int:
           f"{runs['params'].nunique()} sizes")
     for line in summary(result, predictions):
         print(line)
+    if "repeats_data" in runs.columns and runs["repeats_data"].astype(bool).any():
+        rep = runs[runs["repeats_data"].astype(bool)]
+        print(f"note: {len(rep)} of {len(runs)} runs repeat their train split more than 4 times (up to "
+              f"{rep['epochs'].max():.1f} epochs; runs.csv repeats_data, circled in isoflop.png); Muennighoff et al. "
+              "2023: beyond about 4 epochs repeated data departs from the law")
     print("wrote " + ", ".join(str(p) for p in written))
     if result.errors:
         raise WxscaleError("; ".join(f"Approach {a} could not be fitted: {e}" for a, e in result.errors.items())

@@ -303,8 +303,9 @@ def _place_on_trunk(sweep_dir: Path, plan: pd.DataFrame, size: str, point: int) 
 
 
 def add_points(sweep_dir: Path, points: list[tuple[float, str]], lr: dict[str, float] | None = None,
-               role: str = "") -> tuple[pd.DataFrame, list[str]]:
-    """Add (budget, size) branches to a planned sweep; returns the new rows and why any point was not added.
+               role: str = "", write: bool = True) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+    """Add (budget, size) branches to a planned sweep; returns the new rows, why any point was not added, and the
+    whole new plan (written to the sweep dir unless ``write`` is False).
 
     Each new row is planned exactly as ``sweep plan`` would (:func:`plan_sweep`), takes its size's learning rate
     (from the plan, else ``lr``, else the base config's) and is placed on its size's trunk (:func:`_place_on_trunk`).
@@ -341,13 +342,13 @@ def add_points(sweep_dir: Path, points: list[tuple[float, str]], lr: dict[str, f
         row.update(_place_on_trunk(sweep_dir, plan, size, int(row["branch_from_samples"])), role=role)
         plan = pd.concat([plan, pd.DataFrame([row])], ignore_index=True)
         new_rows.append(row)
-    if new_rows:
+    if new_rows and write:
         budgets = sorted(set(spec.budgets) | {float(r["budget_flops"]) for r in new_rows})
         from wxscale.model import LADDER
 
         sizes = sorted(set(spec.sizes) | {r["size"] for r in new_rows}, key=list(LADDER).index)
         update_plan(sweep_dir, plan, dataclasses.replace(spec, budgets=budgets, sizes=sizes))
-    return pd.DataFrame(new_rows), skipped
+    return pd.DataFrame(new_rows), skipped, plan
 
 
 # --------------------------------------------------------------------------------------------------------------
