@@ -115,7 +115,8 @@ def extend_sweep(sweep_dir: Path, target: int = TARGET_MINIMA, max_flops: float 
         raise WxscaleError(f"{sweep_dir}: {len(missing)} planned run(s) have not finished ({', '.join(missing[:4])}"
                            f"{'...' if len(missing) > 4 else ''}); run `wxscale sweep run {sweep_dir}` first")
     if "role" in runs.columns:
-        runs = runs[runs["role"].fillna("").astype(str) != "validation"]  # held-out budgets stay held out
+        # Held-out budgets stay held out.
+        runs = runs[runs["role"].astype(object).fillna("").astype(str) != "validation"]
     runs = check_runs(runs, source=str(sweep_dir / "runs.csv"))
     diag = diagnose(runs, ladder)
     n_interior = int(diag["interior"].sum())

@@ -319,8 +319,8 @@ def add_points(sweep_dir: Path, points: list[tuple[float, str]], lr: dict[str, f
     for col, fill in (("lr", default_lr), ("trunk_parent", ""), ("trunk_start_samples", 0), ("role", "")):
         if col not in plan.columns:
             plan[col] = fill
-    plan["trunk_parent"] = plan["trunk_parent"].fillna("").astype(str)
-    plan["role"] = plan["role"].fillna("").astype(str)
+    plan["trunk_parent"] = plan["trunk_parent"].astype(object).fillna("").astype(str)
+    plan["role"] = plan["role"].astype(object).fillna("").astype(str)
     train_samples = None
     if spec.dataset is not None and Path(spec.dataset, "data.json").is_file():
         train_samples = train_samples_of(spec.dataset, spec.rollout_steps)

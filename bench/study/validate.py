@@ -59,7 +59,7 @@ def _fit_below(sweep_dir: Path, budget: float, n_bootstrap: int, level: float, s
         raise WxscaleError(f"{sweep_dir}: no finished runs; run the sweep before validating it")
     below = runs[runs["budget_flops"] < budget]
     if "role" in below.columns:
-        below = below[below["role"].fillna("").astype(str) != "validation"]
+        below = below[below["role"].astype(object).fillna("").astype(str) != "validation"]
     if below["budget_flops"].nunique() < 2:
         raise WxscaleError(f"--budget {budget:.3g}: the sweep has {below['budget_flops'].nunique()} finished "
                            "budget(s) below it; a law needs at least 2 (3 for Approach 2)")
