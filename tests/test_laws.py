@@ -72,7 +72,7 @@ def _bowl(n_star):
 # ---------------------------------------------------------------------------------------------- 4. repetition
 
 def test_plan_records_lr_and_epochs_and_warns_on_repetition(data: Path, tmp_path: Path, capsys):
-    sweep = _plan(data, tmp_path / "sw", "2e8,1.6e9", "s0,s1")
+    sweep = _plan(data, tmp_path / "sw", "2e8,4e8,8e8,1.6e9", "s-1:s1")
     out = capsys.readouterr().out
     _, plan = load_plan(sweep)
     epoch = train_samples_of(data)
@@ -87,10 +87,16 @@ def test_plan_records_lr_and_epochs_and_warns_on_repetition(data: Path, tmp_path
         assert f"warning: {size} " not in out
     assert repetition_warnings(plan[plan["epochs"] <= MAX_EPOCHS]) == []
     # runs.csv carries lr and epochs on, and flags the repeated runs; the fit names them.
-    _fake_results(sweep, lambda n, c: 1.0 + 1e-6 * n)
+    _fake_results(sweep, _bowl(lambda c: 4000.0 * (c / 2e8) ** 0.2))
     runs = collect_runs(sweep).set_index("run_id")
     assert np.allclose(runs["lr"], 3e-3)
     assert (runs["repeats_data"] == (runs["epochs"] > MAX_EPOCHS)).all()
+    capsys.readouterr()
+    cli(["fit", str(sweep), "--n-bootstrap", "10", "--approach", "2"])
+    out = capsys.readouterr().out
+    n_rep = int(runs["repeats_data"].sum())
+    assert f"note: {n_rep} of {len(runs)} runs repeat their train split more than 4 times" in out
+    assert (sweep / "fit" / "isoflop.png").stat().st_size > 0
 
 
 def test_spec_without_dataset_has_no_epochs():
@@ -274,3 +280,34 @@ def test_grown_sweep_continues_its_trunk_exactly(data: Path, tmp_path: Path):
     for run_id in a.index:
         assert a[run_id] == pytest.approx(b[run_id], rel=1e-6), run_id
     shutil.rmtree(tmp_path / "whole")
+
+
+def test_lr_scan_end_to_end_with_a_stand_in_runner(data: Path, tmp_path: Path, monkeypatch):
+    """lr_scan(): plan the scan, run it (here a stand-in that writes the losses a run would), choose, apply, plot."""
+    import wxscale.study.run as run_module
+    from wxscale.study.lr_scan import lr_scan
+
+    sweep = _plan(data, tmp_path / "sw", "1e9,2e9", "s0:s2")
+    ran = []
+
+    def stand_in(scan_dir, **kw):
+        _, plan = load_plan(scan_dir)
+        ran.append(Path(scan_dir))
+        for b in plan.itertuples():
+            for run_id in (b.run_id, b.trunk_id):
+                d = Path(scan_dir) / "runs" / run_id
+                d.mkdir(parents=True, exist_ok=True)
+                loss = 1 + (math.log10(b.lr) + 2.5) ** 2  # best at 10^-2.5 for every size
+                (d / "summary.json").write_text(json.dumps({"status": "complete", "val_loss": loss}))
+        return {}
+
+    monkeypatch.setattr(run_module, "run_local", stand_in)
+    choice = lr_scan(sweep, [1e-3, 3e-3, 1e-2], progress=False)
+    assert ran == [sweep / "lr_scan"]
+    assert list(choice["size"]) == ["s0", "s1", "s2"]
+    assert set(choice["source"]) == {"scan"}  # default: smallest, middle and largest are scanned
+    assert np.allclose(choice["lr"], 10**-2.5, rtol=1e-6)  # parabola vertex, exact for a parabola
+    _, plan = load_plan(sweep)
+    assert np.allclose(plan["lr"], 10**-2.5)
+    for name in ("lr_scan.csv", "lr_choice.csv", "lr_scan.png"):
+        assert (sweep / name).stat().st_size > 0
