@@ -167,6 +167,12 @@ def lr_scan(sweep_dir: Path, lrs: list[float], sizes: list[str] | None = None, j
     sweep_dir = Path(sweep_dir)
     spec, plan = load_plan(sweep_dir)
     runs = sweep_dir / "runs"
+    done = sweep_dir / CHOICE_CSV
+    if done.is_file() and "lr" in plan:  # scanned and applied before (a rerun): nothing to do
+        choice = pd.read_csv(done)
+        chosen = dict(zip(choice["size"], choice["lr"]))
+        if all(math.isclose(chosen[s], lr) for s, lr in zip(plan["size"], plan["lr"]) if s in chosen):
+            return choice
     if runs.is_dir() and any(runs.iterdir()):  # checked before the scan spends anything
         raise WxscaleError(f"{sweep_dir} has runs under {runs}: their learning rate cannot change now; scan before "
                            "`wxscale sweep run`, or plan a new sweep dir")

@@ -268,7 +268,11 @@ def update_plan(sweep_dir: Path, plan: pd.DataFrame, spec: SweepSpec | None = No
     spec_d = dataclasses.asdict(spec)
     spec_d["grid"] = list(spec.grid)
     meta.update(spec=spec_d, plan_hash=hashlib.sha256((plan_hash(plan) + base_text).encode()).hexdigest()[:16])
-    meta.setdefault("summary", {})["continual_flops"] = continual_flops(plan, spec.rollout_steps)
+    continual = continual_flops(plan, spec.rollout_steps)
+    independent = float((plan["samples"] * plan["flops_per_sample"]).sum())
+    meta.setdefault("summary", {}).update(n_branches=len(plan), n_trunks=int(plan["trunk_id"].nunique()),
+                                          continual_flops=continual, independent_flops=independent,
+                                          saved_fraction=1 - continual / independent)
     write_csv(Path(sweep_dir) / PLAN_CSV, plan)
     write_json_atomic(meta_path, meta)
 
