@@ -175,7 +175,7 @@ def test_extend_respects_max_flops_and_the_ladder_top(data: Path, tmp_path: Path
 
 # ---------------------------------------------------------------------------------------------- 1. validate
 
-def test_validate_predicts_runs_three_sizes_and_compares(data: Path, tmp_path: Path):
+def test_validate_predicts_runs_three_sizes_and_compares(data: Path, tmp_path: Path, capsys):
     sweep = _plan(data, tmp_path / "sw", "1e9,2e9,4e9", "s-2:s3")
     n_star = lambda c: 6000.0 * (c / 1e9) ** 0.5  # noqa: E731
     _fake_results(sweep, _bowl(n_star))
@@ -211,8 +211,12 @@ def test_validate_predicts_runs_three_sizes_and_compares(data: Path, tmp_path: P
     assert (out / "scaling_laws.png").stat().st_size > 0
     # The law was fitted on the budgets below C only.
     assert sorted(pd.read_csv(out / "fit" / "isoflop.csv")["budget_flops"]) == [1e9, 2e9, 4e9]
-    # extend leaves the held-out budget out of its diagnosis.
+    # extend and fit leave the held-out budget out; fit's scaling-law figure shows the validation point.
     assert c_val not in set(extend_sweep(sweep, write=False).diagnosis["budget_flops"])
+    capsys.readouterr()
+    assert cli(["fit", str(sweep), "--n-bootstrap", "10", "--approach", "2"]) == 0
+    assert "leaving out 3 held-out validation run(s)" in capsys.readouterr().out
+    assert sorted(pd.read_csv(sweep / "fit" / "isoflop.csv")["budget_flops"]) == [1e9, 2e9, 4e9]
 
 
 # ---------------------------------------------------------------------------------------------- 2. LR scan

@@ -142,8 +142,23 @@ def summary(result: F.FitResult, predictions: pd.DataFrame | None) -> list[str]:
     return lines
 
 
+def held_out(runs: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Leave out the runs of held-out validation budgets (runs.csv ``role``; `sweep validate`), and read that
+    validation's table (``SOURCE/validation/validation.csv``) for the scaling-law plot."""
+    validation = None
+    if source.is_dir() and (source / "validation" / "validation.csv").is_file():
+        validation = pd.read_csv(source / "validation" / "validation.csv")
+    if "role" in runs.columns:
+        held = runs["role"].astype(object).fillna("").astype(str) == "validation"
+        if held.any():
+            print(f"wxscale fit: leaving out {int(held.sum())} held-out validation run(s) (`sweep validate`)")
+            runs = runs[~held].reset_index(drop=True)
+    return runs, validation
+
+
 def run(args: argparse.Namespace) -> int:
     runs, out = load_input(args)
+    runs, validation = held_out(runs, Path(args.source))
     result = F.fit_scaling(runs, approach=args.approach, n_bootstrap=args.n_bootstrap, level=args.level,
                            seed=args.seed, progress=True)
     written = F.write_fit(result, out)
@@ -157,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
 
         if result.isoflop is not None:
             written.append(plots.plot_isoflop(F.check_runs(runs), result.isoflop, out / "isoflop.png"))
-        written.append(plots.plot_scaling_laws(result, out / "scaling_laws.png", predictions))
+        written.append(plots.plot_scaling_laws(result, out / "scaling_laws.png", predictions, validation))
         src = Path(args.source)
         curves = find_loss_curves(src) if src.is_dir() else []
         if curves:
