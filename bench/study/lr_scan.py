@@ -4,8 +4,8 @@ One learning rate for every size biases an IsoFLOP study: the best rate falls wi
 Sec. 3; Yang et al. 2022, muP), so a rate tuned for one size handicaps the others and tilts the fitted N_opt
 exponent. The scan measures instead:
 
-1. At the sweep's smallest budget, each scanned size (default: the smallest, middle and largest of the plan) runs
-   with a few log-spaced peak rates. Each (size, rate) is a constant-LR trunk to that budget's branch point plus its
+1. At the sweep's smallest budget (or ``--budget``), each scanned size (default: the smallest, middle and largest
+   of the plan) runs with a few log-spaced peak rates. Each (size, rate) is a constant-LR trunk to that budget's branch point plus its
    cooldown branch: a one-budget sweep in ``SWEEP_DIR/lr_scan`` (the sweep's own planner and runner).
 2. Each scanned size takes the rate of its lowest cooled-down validation loss (the quantity the fits use); where
    the minimum is inside the scanned range, the vertex of a parabola in log10(rate) through the losses refines it.
@@ -51,8 +51,10 @@ def default_scan_sizes(sizes: list[str]) -> list[str]:
     return list(dict.fromkeys(picks))
 
 
-def plan_scan(sweep_dir: Path, lrs: list[float], sizes: list[str] | None = None) -> Path:
-    """Write the scan's own sweep dir, SWEEP_DIR/lr_scan: every (size, rate) at the smallest budget."""
+def plan_scan(sweep_dir: Path, lrs: list[float], sizes: list[str] | None = None,
+              budget: float | None = None) -> Path:
+    """Write the scan's own sweep dir, SWEEP_DIR/lr_scan: every (size, rate) at ``budget`` (default: the
+    sweep's smallest)."""
     import yaml
 
     spec, plan = load_plan(sweep_dir)
@@ -62,14 +64,14 @@ def plan_scan(sweep_dir: Path, lrs: list[float], sizes: list[str] | None = None)
     unknown = [s for s in sizes if s not in set(plan["size"])]
     if unknown:
         raise WxscaleError(f"--sizes {unknown}: not sizes of the sweep's plan ({', '.join(spec.sizes)})")
-    budget = min(spec.budgets)
-    fitting = sorted(set(plan.loc[plan["budget_flops"] == budget, "size"]))
-    scan_spec = dataclasses.replace(spec, budgets=[budget], sizes=[s for s in sizes if s in fitting])
-    if not scan_spec.sizes:
-        raise WxscaleError(f"none of --sizes {sizes} is planned at the smallest budget {budget:.3g}; scan others")
+    budget = float(budget or min(spec.budgets))
+    scan_spec = dataclasses.replace(spec, budgets=[budget], sizes=sizes)
     frames = []
     for lr in sorted(lrs):
         rows, _ = plan_sweep(scan_spec, lr=lr)
+        left_out = [z for z in sizes if z not in set(rows["size"])]
+        if left_out and lr == min(lrs):
+            print(f"lr-scan: {', '.join(left_out)} left out: outside the step limits at {budget:.3g} FLOPs")
         tag = f"lr{lr:.3g}".replace("+", "")
         rows["trunk_id"] = rows["trunk_id"] + "_" + tag
         rows["run_id"] = rows["run_id"] + "_" + tag
@@ -159,7 +161,7 @@ def apply_rates(sweep_dir: Path, choice: pd.DataFrame) -> pd.DataFrame:
 
 
 def lr_scan(sweep_dir: Path, lrs: list[float], sizes: list[str] | None = None, jobs: int = 1,
-            threads: int | None = None, progress: bool = True) -> pd.DataFrame:
+            threads: int | None = None, progress: bool = True, budget: float | None = None) -> pd.DataFrame:
     """Plan and run the scan, choose each size's rate, write it into the sweep's plan; returns the choice."""
     from wxscale.study.plots import plot_lr_scan
     from wxscale.study.run import run_local
@@ -176,7 +178,7 @@ def lr_scan(sweep_dir: Path, lrs: list[float], sizes: list[str] | None = None, j
     if runs.is_dir() and any(runs.iterdir()):  # checked before the scan spends anything
         raise WxscaleError(f"{sweep_dir} has runs under {runs}: their learning rate cannot change now; scan before "
                            "`wxscale sweep run`, or plan a new sweep dir")
-    scan_dir = plan_scan(sweep_dir, lrs, sizes)
+    scan_dir = plan_scan(sweep_dir, lrs, sizes, budget)
     run_local(scan_dir, jobs=jobs, threads=threads, progress=progress)
     scan = scan_results(scan_dir)
     write_csv(sweep_dir / SCAN_CSV, scan)
@@ -195,6 +197,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="peak learning rates to try, log-spaced, e.g. 1e-3,3e-3,1e-2")
     parser.add_argument("--sizes", default=None,
                         help="sizes to scan, e.g. s0,s2,s4 (default: smallest, middle and largest planned)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="FLOPs of each scan run (default: the sweep's smallest budget; smaller is cheaper)")
     parser.add_argument("--jobs", type=int, default=1, help="scan runs at a time (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (cores / jobs)")
 
@@ -203,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()] if args.sizes else None
     _, plan = load_plan(args.sweep_dir)
     before = float(plan["lr"].iloc[0]) if "lr" in plan else None
-    choice = lr_scan(args.sweep_dir, args.lrs, sizes, jobs=args.jobs, threads=args.threads)
+    choice = lr_scan(args.sweep_dir, args.lrs, sizes, jobs=args.jobs, threads=args.threads, budget=args.budget)
     print(choice[["size", "width", "lr", "source", "note"]].to_string(index=False))
     k, p = choice["law_coefficient"].iloc[0], choice["law_exponent"].iloc[0]
     print(f"width law: lr = {k:.3g} width^{p:.3f}" + (f" (the plan had {before:.3g} for every size)" if before else ""))
