@@ -5,8 +5,9 @@ Sec. 3; Yang et al. 2022, muP), so a rate tuned for one size handicaps the other
 exponent. The scan measures instead:
 
 1. At the sweep's smallest budget (or ``--budget``), each scanned size (default: the smallest, middle and largest
-   of the plan) runs with a few log-spaced peak rates. Each (size, rate) is a constant-LR trunk to that budget's branch point plus its
-   cooldown branch: a one-budget sweep in ``SWEEP_DIR/lr_scan`` (the sweep's own planner and runner).
+   of the plan) runs with a few log-spaced peak rates. Each (size, rate) is a constant-LR trunk to that budget's
+   branch point plus its cooldown branch: a one-budget sweep in ``SWEEP_DIR/lr_scan`` (the sweep's own planner
+   and runner).
 2. Each scanned size takes the rate of its lowest cooled-down validation loss (the quantity the fits use); where
    the minimum is inside the scanned range, the vertex of a parabola in log10(rate) through the losses refines it.
    The constant-LR trunk's own loss is recorded beside it.
