@@ -170,7 +170,8 @@ def plot_lr_scan(scan: pd.DataFrame, choice: pd.DataFrame, path: str | Path) -> 
     ax.set_yscale("log")
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("validation loss (solid: after cooldown; dashed: constant-LR trunk)")
-    ax.set_title("Learning-rate scan at the smallest budget (stars: chosen)", fontsize=10)
+    c = ", ".join(f"{v:.3g}" for v in sorted(scan["budget_flops"].unique())) if "budget_flops" in scan else "?"
+    ax.set_title(f"Learning-rate scan at C = {c} FLOPs (stars: chosen)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     return save_figure(fig, path)
