@@ -98,7 +98,7 @@ def test_model_list_command_prints_every_size():
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert [r["size"] for r in rows] == list(LADDER)
     f = model_flops(LADDER["s3"], (32, 64), 3, rollout_steps=2)
-    assert int(rows[3]["train_flops_per_sample"]) == f.train_flops_per_sample
+    assert int(rows[list(LADDER).index("s3")]["train_flops_per_sample"]) == f.train_flops_per_sample
     from wxscale.errors import WxscaleError
     with pytest.raises(WxscaleError, match="--grid"):
         run(parser.parse_args(["--grid", "32by64"]))
