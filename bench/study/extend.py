@@ -68,9 +68,13 @@ def diagnose(runs: pd.DataFrame, ladder: list[str]) -> pd.DataFrame:
         rises = len(loss) >= 2 and bool(np.all(np.diff(loss) > 0))
         side = ""
         if not fit["interior"]:
-            if rises or best == 0:
+            # A convex fit whose vertex lies outside says on which side the minimum is, even where the lowest
+            # measured loss is inside (far sizes on one side skew the parabola); else the lowest loss says it.
+            convex_below = fit["n_below"] == 0 and fit["n_above"] > 0
+            convex_above = fit["n_above"] == 0 and fit["n_below"] > 0
+            if rises or convex_below or (best == 0 and not convex_above):
                 side = "below"
-            elif best == len(loss) - 1:
+            elif convex_above or best == len(loss) - 1:
                 side = "above"
             else:
                 side = "both"
@@ -87,10 +91,10 @@ def _proposals(d: pd.Series, ladder: list[str], floor: int, per_side: int) -> tu
     above = [ladder[i] for i in range(d["hi"] + 1, min(len(ladder), d["hi"] + 1 + per_side))]
     if d["side"] == "below":
         why = ("the loss rises with size at every sampled size" if d["rises"]
-               else f"the lowest loss is at the smallest size ({d['best_size']}) or the fitted minimum lies below it")
+               else f"the fitted minimum lies below the smallest size (lowest loss at {d['best_size']})")
         return below, why
     if d["side"] == "above":
-        return above, f"the lowest loss is at the largest size ({d['best_size']}) or the fitted minimum lies above it"
+        return above, f"the fitted minimum lies above the largest size (lowest loss at {d['best_size']})"
     return below[:1] + above[:1], f"no interior minimum ({d['note'] or 'not convex'}); one size on each side"
 
 

@@ -119,7 +119,8 @@ def plot_scaling_laws(fit: FitResult, path: str | Path, predictions: pd.DataFram
         ax.set_xlabel("compute C [FLOPs]")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(f"Compute-optimal scaling (bands: {fit.level:.0%} bootstrap intervals)", fontsize=10)
     return save_figure(fig, path)
 
