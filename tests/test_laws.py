@@ -315,3 +315,19 @@ def test_lr_scan_end_to_end_with_a_stand_in_runner(data: Path, tmp_path: Path, m
     assert np.allclose(plan["lr"], 10**-2.5)
     for name in ("lr_scan.csv", "lr_choice.csv", "lr_scan.png"):
         assert (sweep / name).stat().st_size > 0
+
+
+def test_extend_follows_a_skewed_fit_to_the_ladder_bottom_then_a_larger_budget():
+    """Measured on the NCEP North Atlantic file (2e10 FLOPs): the lowest loss is at s-1, but the far, saturating
+    sizes skew the parabola's vertex below s-2. The fit's side counts; at the ladder's bottom, a larger budget."""
+    from wxscale.model import LADDER
+    from wxscale.study.extend import _proposals
+
+    runs = pd.DataFrame({"budget_flops": 2e10, "size": ["s-2", "s-1", "s0", "s1", "s2", "s3"],
+                         "params": [2762, 4985, 8370, 17470, 32548, 54840],
+                         "val_loss": [0.223035, 0.220075, 0.230441, 0.239888, 0.246165, 0.247467]})
+    d = diagnose(runs, list(LADDER)).iloc[0]
+    assert not d["interior"] and d["best_size"] == "s-1" and not d["rises"]
+    assert d["side"] == "below"
+    sizes, why = _proposals(d, list(LADDER), floor=0, per_side=2)
+    assert sizes == [] and "below the smallest size" in why
