@@ -84,7 +84,9 @@ def plot_scaling_laws(fit: FitResult, path: str | Path, predictions: pd.DataFram
         cs += list(predictions["budget_flops"])
     if not cs:
         cs = [1.0, 10.0]
-    c_grid = np.logspace(np.log10(min(cs)) - 0.1, np.log10(max(cs)) + 0.1, 100)
+    # At least a decade of C, so a law drawn from one held-out point still shows its slope.
+    c_lo = min(min(cs), max(cs) / 10)
+    c_grid = np.logspace(np.log10(c_lo) - 0.1, np.log10(max(cs)) + 0.1, 100)
     styles = {"2": ("C0", "Approach 2 (IsoFLOP)"), "3": ("C3", "Approach 3 (parametric)")}
     for ax, q, label in ((axes[0], "n_opt", "N_opt"), (axes[1], "l_opt", "L_opt")):
         if iso is not None and len(iso):

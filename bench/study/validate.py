@@ -10,7 +10,8 @@ off its line (Subramanian et al. 2026). This command:
    cooldown branches of their trunks; a trunk too short for C is continued by a new trunk from its last
    checkpoint, so only the new stretch costs (:func:`wxscale.study.plan.add_points`);
 3. writes ``SWEEP_DIR/validation/``: ``validation.csv`` (one row per approach: the budget, the predicted N_opt and
-   L_opt with their intervals, the measured loss of each size, the measured best size, the relative error of the
+   L_opt with their intervals, the measured loss of each size run at C (the three, and any others the sweep has at
+   C), the measured best size, the relative error of the
    predicted loss against the measured best loss, and whether the measured values fall inside the intervals),
    ``validation_points.csv`` (one row per size run at C), the fit of the budgets below C (``fit/``) and
    ``scaling_laws.png`` with the validation points drawn over the laws.
@@ -139,9 +140,12 @@ def validate(sweep_dir: Path, budget: float, jobs: int = 1, threads: int | None 
                            f"{sweep_dir / 'runs'}); rerun with `wxscale sweep run --retry-failed`, then validate")
     if len(at_c) < len(sizes) - len(skipped) or at_c.empty:
         return None
+    # The measurement is every finished run at C: the three run for the check, and any the sweep has there already.
+    every = runs[(runs["budget_flops"] == budget) & (runs["status"] == "complete")]
     out = sweep_dir / VALIDATION_DIR
-    points = at_c[["budget_flops", "size", "params", "samples", "val_loss"]
-                  + [c for c in ("lr", "epochs", "repeats_data") if c in at_c.columns]].sort_values("params")
+    points = every[["budget_flops", "size", "params", "samples", "val_loss"]
+                   + [c for c in ("lr", "epochs", "repeats_data", "role") if c in every.columns]].sort_values("params")
+    points["validation_size"] = points["size"].isin(sizes)
     table = compare(pred, points)
     table["predicted_from"] = approach
     from wxscale.study.fit import write_fit
