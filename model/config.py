@@ -3,7 +3,8 @@
 A :class:`SwinConfig` fixes the network's shape (width, depth, heads, window, patch); the grid and the channel
 count come from the dataset when the model is built. The ladder :data:`LADDER` names sizes ``s0`` .. ``s18``,
 about 2x apart in parameters from ~1e4 to ~1e9 (counted on a 32x64 grid with 3 channels; the embedding and
-head depend a little on the channel count), so IsoFLOP curves have a dense set of model sizes to choose from.
+head depend a little on the channel count), so IsoFLOP curves have a dense set of model sizes to choose from;
+``s-2`` and ``s-1`` (~3e3, ~6e3) extend it below s0 for small datasets.
 Any other (width, depth) point is a dict or a ``SwinConfig`` given to :func:`resolve_config`.
 
 The ladder's patch (4) and window (4x8 tokens, i.e. 16x32 grid points) suit global grids such as 32x64 or
@@ -282,7 +283,13 @@ _SHAPES = [
     (16, 2), (24, 2), (24, 4), (32, 4), (48, 4), (64, 4), (64, 8), (96, 6), (128, 6), (160, 8), (192, 12),
     (256, 12), (320, 16), (448, 16), (576, 20), (768, 22), (1024, 24), (1280, 32), (1664, 40),
 ]
-LADDER: dict[str, SwinConfig] = {f"s{i}": _size(f"s{i}", d, n) for i, (d, n) in enumerate(_SHAPES)}
+# Below s0, for small datasets whose IsoFLOP minima lie below s0 (`wxscale sweep extend` grows the ladder down):
+# one block at width 16, then two at width 8 (one head). Smaller than s-2 is not a transformer worth fitting.
+_SHAPES_BELOW = [(8, 2), (16, 1)]  # s-2, s-1
+LADDER: dict[str, SwinConfig] = {
+    **{f"s-{i}": _size(f"s-{i}", d, n) for i, (d, n) in zip(range(len(_SHAPES_BELOW), 0, -1), _SHAPES_BELOW)},
+    **{f"s{i}": _size(f"s{i}", d, n) for i, (d, n) in enumerate(_SHAPES)},
+}
 
 
 def resolve_config(size: str | SwinConfig | Mapping[str, Any],

@@ -9,7 +9,7 @@ from contextlib import redirect_stdout
 import pytest
 import torch
 
-from wxscale.model import build_model, model_flops, resolve_config, torch_flop_counter
+from wxscale.model import LADDER, build_model, model_flops, resolve_config, torch_flop_counter
 from wxscale.model.flops import MATMUL_KEYS, OTHER_KEYS
 
 torch.set_num_threads(1)
@@ -104,7 +104,6 @@ def test_breakdown_adds_up_and_rollout_scales_training():
 def test_model_list_command_prints_every_size():
     import argparse
 
-    from wxscale.model import LADDER
     from wxscale.model.cli import add_arguments, run
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -114,7 +113,8 @@ def test_model_list_command_prints_every_size():
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert [r["size"] for r in rows] == list(LADDER)
     f = model_flops(LADDER["s3"], (32, 64), 3, rollout_steps=2)
-    assert int(rows[3]["train_flops_per_sample"]) == f.train_flops_per_sample
+    i3 = list(LADDER).index("s3")
+    assert int(rows[i3]["train_flops_per_sample"]) == f.train_flops_per_sample
     assert {r["window"] for r in rows} == {"4x8"} and {float(r["pad_fraction"]) for r in rows} == {0.0}
     # A regional grid the ladder's window does not fit: the fitted shape, its FLOPs and its padding are listed.
     out = io.StringIO()
@@ -122,9 +122,10 @@ def test_model_list_command_prints_every_size():
         assert run(parser.parse_args(["--grid", "17x33", "--channels", "1", "--csv"])) == 0
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     cfg = resolve_config("s3", grid=(17, 33))
-    assert (rows[3]["window"], int(rows[3]["patch"])) == ("9x17", 2) == (f"{cfg.window[0]}x{cfg.window[1]}", cfg.patch)
-    assert int(rows[3]["train_flops_per_sample"]) == model_flops(cfg, (17, 33), 1).train_flops_per_sample
-    assert float(rows[3]["pad_fraction"]) == pytest.approx(1 - 17 * 33 / (18 * 34), abs=1e-4)
+    fitted = (f"{cfg.window[0]}x{cfg.window[1]}", cfg.patch)
+    assert (rows[i3]["window"], int(rows[i3]["patch"])) == ("9x17", 2) == fitted
+    assert int(rows[i3]["train_flops_per_sample"]) == model_flops(cfg, (17, 33), 1).train_flops_per_sample
+    assert float(rows[i3]["pad_fraction"]) == pytest.approx(1 - 17 * 33 / (18 * 34), abs=1e-4)
     out = io.StringIO()
     with redirect_stdout(out):  # the table shows the padding in per cent
         assert run(parser.parse_args(["--grid", "17x33", "--channels", "1"])) == 0

@@ -164,9 +164,24 @@ def remove_stale_outputs(out: Path, written: list[Path]) -> list[Path]:
     return stale
 
 
+def held_out(runs: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Leave out the runs of held-out validation budgets (runs.csv ``role``; `sweep validate`), and read that
+    validation's table (``SOURCE/validation/validation.csv``) for the scaling-law plot."""
+    validation = None
+    if source.is_dir() and (source / "validation" / "validation.csv").is_file():
+        validation = pd.read_csv(source / "validation" / "validation.csv")
+    if "role" in runs.columns:
+        held = runs["role"].astype(object).fillna("").astype(str) == "validation"
+        if held.any():
+            print(f"wxscale fit: leaving out {int(held.sum())} held-out validation run(s) (`sweep validate`)")
+            runs = runs[~held].reset_index(drop=True)
+    return runs, validation
+
+
 def run(args: argparse.Namespace) -> int:
     runs, out = load_input(args)
     ensure_writable_dir(out, "--out")
+    runs, validation = held_out(runs, Path(args.source))
     result = F.fit_scaling(runs, approach=args.approach, n_bootstrap=args.n_bootstrap, level=args.level,
                            seed=args.seed, progress=True)
     written = F.write_fit(result, out)
@@ -180,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
         if result.isoflop is not None:
             written.append(plots.plot_isoflop(F.check_runs(runs), result.isoflop, out / "isoflop.png"))
-        written.append(plots.plot_scaling_laws(result, out / "scaling_laws.png", predictions))
+        written.append(plots.plot_scaling_laws(result, out / "scaling_laws.png", predictions, validation))
         src = Path(args.source)
         curves = find_loss_curves(src) if src.is_dir() else []
         if curves:
@@ -190,6 +205,11 @@ def run(args: argparse.Namespace) -> int:
           f"{runs['params'].nunique()} sizes")
     for line in summary(result, predictions):
         print(line)
+    if "repeats_data" in runs.columns and runs["repeats_data"].astype(bool).any():
+        rep = runs[runs["repeats_data"].astype(bool)]
+        print(f"note: {len(rep)} of {len(runs)} runs repeat their train split more than 4 times (up to "
+              f"{rep['epochs'].max():.1f} epochs; runs.csv repeats_data, circled in isoflop.png); Muennighoff et al. "
+              "2023: beyond about 4 epochs repeated data departs from the law")
     print("wrote " + ", ".join(str(p) for p in written))
     if stale:
         print("removed the earlier fit's " + ", ".join(p.name for p in stale) + " (not written by this fit)")

@@ -39,6 +39,12 @@ PLAN_COLUMNS = [
     "cooldown_samples", "schedule",
 ]
 COOLDOWN_SHAPES = ("1-sqrt", "linear", "cosine")
+# Optional plan columns that change what a run trains, so they enter the plan hash when present: the peak learning
+# rate of the run's trunk, and a trunk that continues another (its parent) from a checkpoint at start samples.
+HASHED_EXTRA_COLUMNS = ["lr", "trunk_parent", "trunk_start_samples"]
+# Muennighoff et al. 2023 ("Scaling Data-Constrained Language Models"): up to about 4 epochs, repeated data is
+# almost as good as new; beyond that the returns fall off and the loss departs from a law fitted on unique data.
+MAX_EPOCHS = 4.0
 
 
 @dataclasses.dataclass
@@ -89,9 +95,24 @@ def size_costs(spec: SweepSpec) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plan_sweep(spec: SweepSpec) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The branches of the sweep, one row per (budget, size) that fits the step limits, and a compute summary."""
+def train_samples_of(dataset: str | Path, rollout_steps: int = 1) -> int:
+    """Samples in a dataset's train split (one epoch), as the loader counts them (no sample crosses a gap)."""
+    from wxscale.data_prep.loader import SampleIndex
+
+    return len(SampleIndex(dataset, "train", rollout_steps=rollout_steps))
+
+
+def plan_sweep(spec: SweepSpec, lr: float | dict[str, float] | None = None,
+               train_samples: int | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The branches of the sweep, one row per (budget, size) that fits the step limits, and a compute summary.
+
+    ``lr`` (one rate, or one per size name) fills the plan's ``lr`` column: the peak rate of the size's trunk and
+    branches (without it, the base config's rate applies and the column is left out). ``train_samples`` (one epoch;
+    counted from ``spec.dataset`` when not given) fills ``epochs``: the passes over the train split a branch makes.
+    """
     spec.validate()
+    if train_samples is None and spec.dataset is not None and Path(spec.dataset, "data.json").is_file():
+        train_samples = train_samples_of(spec.dataset, spec.rollout_steps)
     costs = size_costs(spec)
     b = spec.global_batch
     rows = []
@@ -119,6 +140,8 @@ def plan_sweep(spec: SweepSpec) -> tuple[pd.DataFrame, dict[str, float]]:
                 "steps": int(steps),
                 "patch": int(c.patch),
                 "window": c.window,
+                **({} if lr is None else {"lr": float(lr[c.size] if isinstance(lr, dict) else lr)}),
+                **({} if not train_samples else {"epochs": samples / train_samples}),
             })
         if n_fit == 0:
             need = ", ".join(f"{c.size}: {budget / c.flops_per_sample / b:.3g}" for c in costs.itertuples())
@@ -145,18 +168,48 @@ def plan_sweep(spec: SweepSpec) -> tuple[pd.DataFrame, dict[str, float]]:
 
 
 def trunks_of(plan: pd.DataFrame) -> pd.DataFrame:
-    """One row per trunk: its size, where it must save checkpoints, and how far it runs."""
+    """One row per trunk: its size, where it must save checkpoints, and how far it runs.
+
+    A trunk with a ``parent`` continues that trunk from its checkpoint at ``start_samples`` (added when a sweep
+    grows after its trunks ran: :func:`add_points`); ``lr`` is its peak rate (NaN: the base config's)."""
     out = []
     for trunk_id, g in plan.groupby("trunk_id", sort=False):
         points = sorted(set(int(s) for s in g["branch_from_samples"]))
+        parent = g["trunk_parent"].iloc[0] if "trunk_parent" in g else None
+        parent = parent if isinstance(parent, str) and parent else ""
+        start = g["trunk_start_samples"].iloc[0] if "trunk_start_samples" in g else 0
         out.append({"trunk_id": trunk_id, "size": g["size"].iloc[0], "params": int(g["params"].iloc[0]),
                     "flops_per_sample": int(g["flops_per_sample"].iloc[0]), "samples": points[-1],
-                    "checkpoint_at_samples": points})
+                    "checkpoint_at_samples": points, "parent": parent,
+                    "start_samples": int(start) if parent and pd.notna(start) else 0,
+                    "lr": float(g["lr"].iloc[0]) if "lr" in g else math.nan})
     return pd.DataFrame(out)
 
 
 def plan_hash(plan: pd.DataFrame) -> str:
-    return hashlib.sha256(plan[PLAN_COLUMNS].to_csv(index=False).encode()).hexdigest()[:16]
+    cols = PLAN_COLUMNS + [c for c in HASHED_EXTRA_COLUMNS if c in plan.columns]
+    return hashlib.sha256(plan[cols].to_csv(index=False).encode()).hexdigest()[:16]
+
+
+def repetition_warnings(plan: pd.DataFrame, max_epochs: float = MAX_EPOCHS) -> list[str]:
+    """One line per size whose branches would pass over the train split more than ``max_epochs`` times."""
+    if "epochs" not in plan.columns:
+        return []
+    over = plan[plan["epochs"] > max_epochs]
+    lines = []
+    for size, g in over.groupby("size", sort=False):
+        worst = g.loc[g["epochs"].idxmax()]
+        lines.append(f"warning: {size} repeats the train split more than {max_epochs:g} times in {len(g)} run(s) "
+                     f"(up to {worst['epochs']:.1f} epochs at C={worst['budget_flops']:.3g}); Muennighoff et al. "
+                     "2023: beyond about 4 epochs repeated data departs from the law; the fit marks these points")
+    return lines
+
+
+def continual_flops(plan: pd.DataFrame, rollout_steps: int = 1) -> float:
+    """Training FLOPs of the whole plan with continual training: each trunk once (from its start), plus cooldowns."""
+    t = trunks_of(plan)
+    trunk = float(((t["samples"] - t["start_samples"]) * t["flops_per_sample"]).sum())
+    return trunk + float((plan["cooldown_samples"] * plan["flops_per_sample"]).sum()) * rollout_steps
 
 
 def write_plan(out: Path, spec: SweepSpec, plan: pd.DataFrame, summary: dict[str, float], base: dict,
@@ -256,6 +309,117 @@ def load_plan(sweep_dir: Path) -> tuple[SweepSpec, pd.DataFrame]:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# growing a planned sweep (validation budgets, `sweep extend`, learning rates from a scan)
+
+
+def base_lr(base: dict) -> float:
+    """The peak learning rate a base training config gives (the trainer's default when it names none)."""
+    from wxscale.training.config import OptimConfig
+
+    return float((base.get("optim") or {}).get("lr", OptimConfig().lr))
+
+
+def update_plan(sweep_dir: Path, plan: pd.DataFrame, spec: SweepSpec | None = None) -> None:
+    """Replace a sweep dir's plan (and spec) in place, re-hashing it, for the commands that grow a sweep.
+
+    Callers keep every row that already ran unchanged (:func:`add_points` only appends), so runs on disk stay
+    valid; ``sweep plan --overwrite`` is the way to replace a plan wholesale."""
+    meta_path = Path(sweep_dir) / SWEEP_JSON
+    old_spec, _ = load_plan(sweep_dir)
+    spec = spec or old_spec
+    meta = json.loads(meta_path.read_text())
+    base_text = (Path(sweep_dir) / BASE_YAML).read_text() if (Path(sweep_dir) / BASE_YAML).is_file() else ""
+    spec_d = dataclasses.asdict(spec)
+    spec_d["grid"] = list(spec.grid)
+    meta.update(spec=spec_d, plan_hash=hashlib.sha256((plan_hash(plan) + base_text).encode()).hexdigest()[:16])
+    continual = continual_flops(plan, spec.rollout_steps)
+    independent = float((plan["samples"] * plan["flops_per_sample"]).sum())
+    meta.setdefault("summary", {}).update(n_branches=len(plan), n_trunks=int(plan["trunk_id"].nunique()),
+                                          continual_flops=continual, independent_flops=independent,
+                                          saved_fraction=1 - continual / independent)
+    write_csv(Path(sweep_dir) / PLAN_CSV, plan)
+    write_json_atomic(meta_path, meta)
+
+
+def _trunk_started(sweep_dir: Path, trunk_id: str) -> bool:
+    return (Path(sweep_dir) / "runs" / trunk_id).exists()
+
+
+def _place_on_trunk(sweep_dir: Path, plan: pd.DataFrame, size: str, point: int) -> dict[str, Any]:
+    """trunk_id, trunk_parent, trunk_start_samples for a new branch of ``size`` cut at ``point`` samples.
+
+    Trunks are continual: a trunk that has not started simply runs further; one that has (its run dir exists)
+    is continued by a new trunk from its last checkpoint at or before ``point``, so only the new stretch costs."""
+    root = f"trunk_{size}"
+    chain = plan[plan["size"] == size]
+    if chain.empty:
+        return {"trunk_id": root, "trunk_parent": "", "trunk_start_samples": 0}
+    trunks = trunks_of(chain)
+    last = trunks.iloc[-1]
+    if not _trunk_started(sweep_dir, last["trunk_id"]) and point >= last["start_samples"]:
+        return {"trunk_id": last["trunk_id"], "trunk_parent": last["parent"],
+                "trunk_start_samples": int(last["start_samples"])}
+    for t in trunks.itertuples():  # a checkpoint exactly there already
+        if point in t.checkpoint_at_samples:
+            return {"trunk_id": t.trunk_id, "trunk_parent": t.parent, "trunk_start_samples": int(t.start_samples)}
+    below = [(p, t.trunk_id) for t in trunks.itertuples() for p in t.checkpoint_at_samples if p < point]
+    new_id = f"{root}.{len(trunks)}"
+    if not below:  # before the first checkpoint: a fresh trunk repeats the same steps (same seed and data order)
+        return {"trunk_id": new_id, "trunk_parent": "", "trunk_start_samples": 0}
+    start, parent = max(below)
+    return {"trunk_id": new_id, "trunk_parent": parent, "trunk_start_samples": int(start)}
+
+
+def add_points(sweep_dir: Path, points: list[tuple[float, str]], lr: dict[str, float] | None = None,
+               role: str = "", write: bool = True) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+    """Add (budget, size) branches to a planned sweep; returns the new rows, why any point was not added, and the
+    whole new plan (written to the sweep dir unless ``write`` is False).
+
+    Each new row is planned exactly as ``sweep plan`` would (:func:`plan_sweep`), takes its size's learning rate
+    (from the plan, else ``lr``, else the base config's) and is placed on its size's trunk (:func:`_place_on_trunk`).
+    ``role`` (e.g. "validation") is recorded in the plan's ``role`` column. ``sweep run`` then runs only what is
+    new: finished runs keep their run dirs and rows."""
+    import yaml
+
+    spec, plan = load_plan(sweep_dir)
+    base = yaml.safe_load((Path(sweep_dir) / BASE_YAML).read_text()) or {}
+    default_lr = base_lr(base)
+    for col, fill in (("lr", default_lr), ("trunk_parent", ""), ("trunk_start_samples", 0), ("role", "")):
+        if col not in plan.columns:
+            plan[col] = fill
+    plan["trunk_parent"] = plan["trunk_parent"].astype(object).fillna("").astype(str)
+    plan["role"] = plan["role"].astype(object).fillna("").astype(str)
+    train_samples = None
+    if spec.dataset is not None and Path(spec.dataset, "data.json").is_file():
+        train_samples = train_samples_of(spec.dataset, spec.rollout_steps)
+    new_rows, skipped = [], []
+    for budget, size in points:
+        size_lr = plan.loc[plan["size"] == size, "lr"]
+        rate = float(size_lr.iloc[0]) if len(size_lr) else float((lr or {}).get(size, default_lr))
+        try:
+            rows, _ = plan_sweep(dataclasses.replace(spec, budgets=[float(budget)], sizes=[size]), lr=rate,
+                                 train_samples=train_samples)
+        except WxscaleError:
+            steps = budget / size_costs(dataclasses.replace(spec, sizes=[size]))["flops_per_sample"].iloc[0]
+            skipped.append(f"C={budget:.3g} {size}: {steps / spec.global_batch:.3g} steps, outside --min-steps "
+                           f"{spec.min_steps} .. --max-steps {spec.max_steps}")
+            continue
+        row = rows.iloc[0].to_dict()
+        if (plan["run_id"] == row["run_id"]).any():
+            continue
+        row.update(_place_on_trunk(sweep_dir, plan, size, int(row["branch_from_samples"])), role=role)
+        plan = pd.concat([plan, pd.DataFrame([row])], ignore_index=True)
+        new_rows.append(row)
+    if new_rows and write:
+        budgets = sorted(set(spec.budgets) | {float(r["budget_flops"]) for r in new_rows})
+        from wxscale.model import LADDER
+
+        sizes = sorted(set(spec.sizes) | {r["size"] for r in new_rows}, key=list(LADDER).index)
+        update_plan(sweep_dir, plan, dataclasses.replace(spec, budgets=budgets, sizes=sizes))
+    return pd.DataFrame(new_rows), skipped, plan
+
+
+# --------------------------------------------------------------------------------------------------------------
 # command line
 
 
@@ -321,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
         model_overrides=parse_overrides(args.model),
         dataset=str(args.dataset.resolve()),
     )
-    plan, summary = plan_sweep(spec)
+    plan, summary = plan_sweep(spec, lr=base_lr(base))
     validate_base_config(base, spec, plan, f"--train-config {args.train_config}")
     ensure_writable_dir(args.out, "--out")
     cost_lines, cost_runs = None, None
@@ -340,6 +504,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{summary['n_branches']} branches on {summary['n_trunks']} trunks. Continual training: "
           f"{summary['continual_flops']:.3g} FLOPs; independent runs: {summary['independent_flops']:.3g} FLOPs "
           f"({100 * summary['saved_fraction']:.0f} % saved).")
+    for line in repetition_warnings(plan):
+        print(line)
     if cost_lines:
         print("\n" + "\n".join(cost_lines))
     print(f"wrote {args.out / PLAN_CSV} and {args.out / SWEEP_JSON}" + (" and cost.csv" if args.cost else ""))

@@ -65,7 +65,8 @@ def write_run_configs(sweep_dir: Path) -> dict[str, Path]:
     paths = {}
     trunks = trunks_of(plan).set_index("trunk_id")
     for trunk_id, t in trunks.iterrows():
-        paths[trunk_id] = _write_yaml(out / f"{trunk_id}.yaml", with_rolling_checkpoint(trunk_config(base, spec, t)))
+        paths[trunk_id] = _write_yaml(out / f"{trunk_id}.yaml",
+                                      with_rolling_checkpoint(trunk_config(base, spec, t, runs_dir(sweep_dir))))
     for _, b in plan.iterrows():
         cfg = branch_config(base, spec, b, runs_dir(sweep_dir) / b["trunk_id"])
         paths[b["run_id"]] = _write_yaml(out / f"{b['run_id']}.yaml", cfg)

@@ -25,10 +25,13 @@ import yaml
 
 from wxscale.errors import WxscaleError
 from wxscale.files import write_csv, write_json_atomic
-from wxscale.study.plan import BASE_YAML, PLAN_COLUMNS, SweepSpec, load_plan, trunks_of
+from wxscale.study.plan import BASE_YAML, MAX_EPOCHS, PLAN_COLUMNS, SweepSpec, load_plan, trunks_of
 
 RUNS_CSV = "runs.csv"
 LAUNCH_MARK = ".sweep_launch.json"
+# Plan columns runs.csv carries on when the plan has them: the run's learning rate, the passes over the train
+# split it made (with ``repeats_data`` where that is more than MAX_EPOCHS), and its role (e.g. "validation").
+PLAN_EXTRA_COLUMNS = ["lr", "epochs", "role"]
 RESULT_COLUMNS = ["val_loss", "wall_s", "samples_per_s", "mfu", "status", "git_sha", "host", "device",
                   "world_size", "precision"]
 
@@ -44,9 +47,21 @@ def load_base(sweep_dir: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def trunk_config(base: dict, spec: SweepSpec, trunk: pd.Series) -> dict:
-    """A constant-LR trunk: warmup then constant, checkpoints at every branch point of its size."""
+def _set_lr(cfg: dict, row: pd.Series) -> None:
+    """The plan's per-size peak learning rate, where it has one (else the base config's stays)."""
+    lr = row.get("lr") if hasattr(row, "get") else None
+    if lr is not None and pd.notna(lr):
+        cfg.setdefault("optim", {})["lr"] = float(lr)
+
+
+def trunk_config(base: dict, spec: SweepSpec, trunk: pd.Series, runs_root: Path | None = None) -> dict:
+    """A constant-LR trunk: warmup then constant, checkpoints at every branch point of its size.
+
+    A trunk with a ``parent`` (:func:`wxscale.study.plan.trunks_of`) starts from the parent's checkpoint at
+    ``start_samples`` under ``runs_root``: model, optimizer, data order and RNG continue, so it is the parent run
+    further, at the cost of the new stretch only."""
     cfg = copy.deepcopy(base)
+    _set_lr(cfg, trunk)
     cfg.setdefault("model", {}).update({"size": trunk["size"], "overrides": dict(spec.model_overrides)})
     sched = cfg.setdefault("schedule", {})
     sched.update({"kind": "wsd", "cooldown_samples": 0})
@@ -57,6 +72,12 @@ def trunk_config(base: dict, spec: SweepSpec, trunk: pd.Series) -> dict:
         "checkpoint_at_samples": [int(s) for s in trunk["checkpoint_at_samples"]],
     })
     cfg["run"].pop("init_from", None)
+    parent = trunk.get("parent") if hasattr(trunk, "get") else None
+    if isinstance(parent, str) and parent:
+        if runs_root is None:
+            raise WxscaleError(f"trunk {trunk.name} continues {parent}: give runs_root to find its checkpoint")
+        start = int(trunk["start_samples"])
+        cfg["run"]["init_from"] = str(Path(runs_root) / parent / "checkpoints" / f"samples_{start}")
     cfg["run"].pop("budget_flops", None)
     # A trunk's own loss is not a result; its branches are validated.
     cfg.setdefault("validation", {})["every_samples"] = None
@@ -66,6 +87,7 @@ def trunk_config(base: dict, spec: SweepSpec, trunk: pd.Series) -> dict:
 def branch_config(base: dict, spec: SweepSpec, branch: pd.Series, trunk_dir: Path) -> dict:
     """A cooldown branch: from the trunk's checkpoint at branch_from_samples, cooling to exactly `samples`."""
     cfg = copy.deepcopy(base)
+    _set_lr(cfg, branch)
     cfg.setdefault("model", {}).update({"size": branch["size"], "overrides": dict(spec.model_overrides)})
     sched = cfg.setdefault("schedule", {})
     sched.update({"kind": "wsd", "cooldown_samples": int(branch["cooldown_samples"]),
@@ -141,7 +163,7 @@ def sweep_table(sweep_dir: Path) -> pd.DataFrame:
     _, plan = load_plan(sweep_dir)
     rows = []
     for t in trunks_of(plan).itertuples():
-        rows.append({"run_id": t.trunk_id, "kind": "trunk", "depends_on": "", "size": t.size,
+        rows.append({"run_id": t.trunk_id, "kind": "trunk", "depends_on": t.parent, "size": t.size,
                      "samples": t.samples, "state": run_state(runs_dir(sweep_dir) / t.trunk_id)})
     for b in plan.itertuples():
         rows.append({"run_id": b.run_id, "kind": "branch", "depends_on": b.trunk_id, "size": b.size,
@@ -162,6 +184,9 @@ def collect_runs(sweep_dir: Path) -> pd.DataFrame:
             continue
         row = {k: b[k] for k in PLAN_COLUMNS}
         row["size"] = b["size"]
+        row.update({k: b[k] for k in PLAN_EXTRA_COLUMNS if k in b})
+        if "epochs" in b:
+            row["repeats_data"] = bool(b["epochs"] > MAX_EPOCHS)
         for k in RESULT_COLUMNS:
             v = s.get(k)
             row[k] = json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
