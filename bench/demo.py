@@ -1,15 +1,21 @@
 """`wxscale demo`: the README's main job, a complete miniature scaling study on the built-in simulator.
 
-Each stage is the suite's own command, run in order on one output dir (contract layout, ARCHITECTURE.md)::
+Each stage is the suite's own command or function, run in order on one output dir (ARCHITECTURE.md)::
 
-    DIR/data/swe      dataset dir           wxscale prep --builtin swe, then wxscale check
-    DIR/sweep         sweep dir             wxscale sweep plan, wxscale sweep run (continual training)
-    DIR/fit           isoflop.csv, fits.csv and plots      wxscale fit
-    DIR/eval          the best model's rollout metrics     wxscale eval
-    DIR/report.md     one page with every table and plot   wxscale report
+    DIR/data/swe         dataset dir                       wxscale prep --builtin swe, then wxscale check
+    DIR/sweep            sweep dir                         wxscale sweep plan (7 budgets, sizes s-1..s3)
+    DIR/sweep/lr_*       each size's learning rate         wxscale sweep lr-scan (a short constant-LR scan)
+    DIR/sweep/runs       trunks and cooldown branches      wxscale sweep run, then wxscale sweep extend + run
+                                                           for budgets without an interior minimum
+    DIR/fit              isoflop.csv, fits.csv and plots   wxscale fit
+    DIR/sweep/validation the laws against runs at 2x the   wxscale sweep validate
+                         largest budget, held out of the fit
+    DIR/eval             the best model's rollout metrics  wxscale eval
+    DIR/report.md        findings first, then figures and tables   wxscale report
 
-Run again, it reuses what is done: the dataset when it checks clean, finished runs (the sweep never runs a
-finished branch twice), and recomputes only the cheap fits, evaluation and report.
+Run again, it reuses what is done: the dataset when it checks clean, the plan (grown by the scan, extend and
+validate), finished runs (the sweep never runs a finished branch twice), and recomputes only the cheap fits,
+evaluation and report.
 """
 
 from __future__ import annotations
@@ -22,15 +28,20 @@ from pathlib import Path
 from wxscale.cli import main as cli
 from wxscale.errors import WxscaleError
 
-# Chosen so that on 2 CPU cores the study takes ~10 minutes and the middle budgets have interior optima
-# (see the closing notes of the scaling-study issue for the measurements behind these numbers).
-DEFAULT_BUDGETS = "1.5e11,3e11,6e11,1.2e12"
-DEFAULT_SIZES = "s0:s4"
+# Seven budgets sqrt(2) apart (a denser IsoFLOP grid narrows the intervals and lets more branches share each
+# trunk), sizes around their optima, and a held-out budget at twice the largest; sized for ~15 minutes on 2 cores.
+DEFAULT_BUDGETS = "3.75e10,5.3e10,7.5e10,1.06e11,1.5e11,2.12e11,3e11"
+DEFAULT_SIZES = "s-1:s3"
+DEFAULT_LRS = "1e-3,3e-3,1e-2"
 
 
 def _step(title: str) -> float:
     print(f"\n=== {title}", flush=True)
     return time.perf_counter()
+
+
+def _done(t0: float) -> None:
+    print(f"[{time.perf_counter() - t0:.0f} s]", flush=True)
 
 
 def _must(rc: int, what: str) -> None:
@@ -48,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time (default 2, one per core)")
     parser.add_argument("--sim-years", type=int, default=None, help="simulated years (default: the simulator's)")
     parser.add_argument("--n-bootstrap", type=int, default=200)
+    parser.add_argument("--lrs", default=DEFAULT_LRS,
+                        help=f"learning rates of the per-size scan (default {DEFAULT_LRS}); 'none': the base "
+                             "config's rate for every size")
+    parser.add_argument("--extend-rounds", type=int, default=2,
+                        help="rounds of `sweep extend` + `sweep run` for budgets without an interior minimum")
+    parser.add_argument("--validate-factor", type=float, default=2.0,
+                        help="held-out budget = this x the largest budget (0: no validation run)")
     parser.add_argument("--skip-eval", action="store_true", help="no rollout evaluation of the best model")
     parser.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
                         help="model field for every size, e.g. --model patch=2 (repeatable)")
@@ -55,12 +73,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="base training config of every run (default: bench/configs/sweep_base.yaml)")
 
 
+def _sweep_run(sweep: Path, jobs: int) -> None:
+    rc = cli(["sweep", "run", str(sweep), "--jobs", str(jobs)])
+    if rc != 0:
+        if rc != 1 or _best_run(sweep) is None:  # stopped by a signal, or nothing finished: nothing to fit
+            raise WxscaleError(f"demo stopped: `wxscale sweep run {sweep}` exited with status {rc} and "
+                               f"{'no run completed' if rc == 1 else 'the sweep did not finish'}; see "
+                               f"`wxscale sweep status {sweep}` and the runs' train.log")
+        print("some runs did not complete; fitting what finished (see `wxscale sweep status`)")
+
+
 def run(args: argparse.Namespace) -> int:
+    from wxscale.args import parse_list
+
     t_start = time.perf_counter()
     out: Path = args.out
     data, sweep, fit, evaluation = out / "data" / "swe", out / "sweep", out / "fit", out / "eval"
+    budgets = parse_list(args.budgets, "--budgets", float)
+    lrs = [] if args.lrs.strip().lower() == "none" else parse_list(args.lrs, "--lrs", float)
 
-    t0 = _step("1/5 dataset: the built-in shallow-water simulator -> HDF5 shards")
+    t0 = _step("1/8 dataset: the built-in shallow-water simulator -> HDF5 shards")
     from wxscale.data_prep.check import check_dataset
 
     if (data / "data.json").is_file() and not check_dataset(data, checksums=False, values=False):
@@ -71,39 +103,70 @@ def run(args: argparse.Namespace) -> int:
             prep += ["--years", str(args.sim_years)]
         _must(cli(prep), " ".join(prep))
         _must(cli(["check", str(data)]), f"check {data}")
-    print(f"[{time.perf_counter() - t0:.0f} s]")
+    _done(t0)
 
-    t0 = _step("2/5 sweep plan: budgets x sizes -> constant-LR trunks + 1-sqrt cooldown branches")
-    plan = ["sweep", "plan", "--dataset", str(data), "--out", str(sweep), "--budgets", args.budgets,
-            "--sizes", args.sizes, "--global-batch", str(args.global_batch), "--min-steps", str(args.min_steps),
-            "--max-steps", str(args.max_steps)]
-    plan += [f"--model={m}" for m in args.model]
-    if args.train_config is not None:
-        plan += ["--train-config", str(args.train_config)]
-    _must(cli(plan), " ".join(plan))
+    t0 = _step("2/8 sweep plan: budgets x sizes -> constant-LR trunks + 1-sqrt cooldown branches")
+    if (sweep / "sweep.json").is_file():  # extend, validate and the LR scan grow the plan: keep it
+        print(f"reusing the plan in {sweep} (delete the folder to plan again)")
+    else:
+        plan = ["sweep", "plan", "--dataset", str(data), "--out", str(sweep), "--budgets", args.budgets,
+                "--sizes", args.sizes, "--global-batch", str(args.global_batch), "--min-steps", str(args.min_steps),
+                "--max-steps", str(args.max_steps)]
+        plan += [f"--model={m}" for m in args.model]
+        if args.train_config is not None:
+            plan += ["--train-config", str(args.train_config)]
+        _must(cli(plan), " ".join(plan))
 
-    t0 = _step("3/5 sweep run: trunks, then their branches (finished runs are kept)")
-    rc = cli(["sweep", "run", str(sweep), "--jobs", str(args.jobs)])
-    if rc != 0:
-        if rc != 1 or _best_run(sweep) is None:  # stopped by a signal, or nothing finished: nothing to fit
-            raise WxscaleError(f"demo stopped: `wxscale sweep run {sweep}` exited with status {rc} and "
-                               f"{'no run completed' if rc == 1 else 'the sweep did not finish'}; see "
-                               f"`wxscale sweep status {sweep}` and the runs' train.log")
-        print("some runs did not complete; fitting what finished (see `wxscale sweep status`)")
-    print(f"[{time.perf_counter() - t0:.0f} s]")
+    if lrs:
+        t0 = _step("3/8 learning rate per size: a short constant-LR scan at half the smallest budget")
+        from wxscale.study.lr_scan import lr_scan
 
-    t0 = _step("4/5 fit: IsoFLOP profiles (Approach 2) and the parametric law (Approach 3), bootstrap intervals")
+        choice = lr_scan(sweep, lrs, jobs=args.jobs, budget=min(budgets) / 2)
+        print(choice[["size", "lr", "source"]].to_string(index=False))
+        _done(t0)
+
+    t0 = _step("4/8 sweep run: trunks, then their branches (finished runs are kept)")
+    _sweep_run(sweep, args.jobs)
+    from wxscale.study.extend import extend_sweep
+
+    for round_ in range(1, args.extend_rounds + 1):
+        result = extend_sweep(sweep)
+        for a in result.actions:
+            print(f"extend round {round_}: {a.get('action', '')} {a.get('sizes', '')} at "
+                  f"{a.get('budget', float('nan')):.3g}: {a.get('reason', '')}")
+        if result.done:
+            print(f"extend: {result.stop}")
+            break
+        _sweep_run(sweep, args.jobs)
+    _done(t0)
+
+    t0 = _step("5/8 fit: IsoFLOP profiles (Approach 2) and the parametric law (Approach 3), bootstrap intervals")
     fit_rc = cli(["fit", str(sweep), "--out", str(fit), "--n-bootstrap", str(args.n_bootstrap)])
-    print(f"[{time.perf_counter() - t0:.0f} s]")
+    _done(t0)
+
+    if args.validate_factor > 0:
+        held_out = args.validate_factor * max(budgets)
+        t0 = _step(f"6/8 validate: the laws' prediction at a held-out budget, {held_out:.3g} FLOPs, against runs there")
+        from wxscale.study.validate import summary_lines, validate
+
+        try:
+            table = validate(sweep, held_out, jobs=args.jobs, n_bootstrap=args.n_bootstrap)
+        except WxscaleError as err:  # e.g. no law could be fitted: the rest of the study still stands
+            print(f"validation not possible: {err}")
+            table = None
+        for line in summary_lines(table) if table is not None else []:
+            print(line)
+        _done(t0)
 
     best = _best_run(sweep)
     if not args.skip_eval and best is not None:
-        t0 = _step(f"5/5 eval: the best model of the largest budget ({best.name}) rolled out over the test split")
+        t0 = _step(f"7/8 eval: the best model of the largest budget ({best.name}) rolled out over the test split")
         from wxscale.evaluation.evaluate import evaluate_run
 
         evaluate_run(best, out=evaluation)
-        print(f"[{time.perf_counter() - t0:.0f} s]")
+        _done(t0)
 
+    _step("8/8 report")
     cli(["report", str(out)])
     _print_summary(sweep, fit, time.perf_counter() - t_start)
     return 0 if fit_rc == 0 else fit_rc
@@ -145,6 +208,16 @@ def _print_summary(sweep: Path, fit: Path, wall_s: float) -> None:
                 print(f"{label} = {r['coefficient']:.3g} C^{r['exponent']:.3f}  "
                       f"(exponent {100 * r.get('level', 0.95):.0f} % interval [{r['exponent_lo']:.3f}, "
                       f"{r['exponent_hi']:.3f}], {int(r['n_points'])} budgets)")
+    choice = sweep / "lr_choice.csv"
+    if choice.is_file():
+        c = pd.read_csv(choice)
+        print("learning rate per size (scan): " + ", ".join(f"{s} {lr:.2g}" for s, lr in zip(c["size"], c["lr"])))
+    validation = sweep / "validation" / "validation.csv"
+    if validation.is_file():
+        from wxscale.study.validate import summary_lines
+
+        for line in summary_lines(pd.read_csv(validation)):
+            print(line)
     iso = fit / "isoflop.csv"
     if iso.is_file():
         table = pd.read_csv(iso)

@@ -293,16 +293,21 @@ def isoflop_findings(folder: Folder) -> list[str]:
 
 
 def validation_findings(folder: Folder) -> list[str]:
+    """`sweep validate`: the laws fitted below a held-out budget against the runs made at it."""
     val = folder.find("validation.csv")
     if val is None or not val.rows:
         return []
     out = []
     for r in val.rows:
-        err = _num(r.get("relative_error") or r.get("loss_relative_error"))
-        out.append(f"- **Held-out budget** C = {_fmt(_num(r.get('budget_flops')))}: predicted loss "
-                   f"{_fmt(_num(r.get('l_opt_pred') or r.get('predicted_loss')), '.4g')}, measured best "
-                   f"{_fmt(_num(r.get('measured_best_loss') or r.get('best_loss')), '.4g')}"
-                   + (f" ({100 * err:+.1f} %)." if err is not None else "."))
+        err = _num(r.get("l_rel_error"))
+        inside = str(r.get("l_in_interval", "")).lower() in ("true", "1")
+        out.append(f"- **Held-out budget** C = {_fmt(_num(r.get('budget_flops')))} (Approach "
+                   f"{escape(r.get('approach', '?'))}, fitted below C): predicted loss "
+                   f"{_fmt(_num(r.get('l_opt')), '.4g')} [{_fmt(_num(r.get('l_opt_lo')), '.4g')}, "
+                   f"{_fmt(_num(r.get('l_opt_hi')), '.4g')}], measured best {_fmt(_num(r.get('best_loss')), '.4g')} "
+                   f"({escape(r.get('best_size', '?'))})" + (f", error {100 * err:+.1f} %" if err is not None else "")
+                   + f", {'inside' if inside else 'outside'} the interval; predicted N_opt "
+                   f"{_fmt(_num(r.get('n_opt')))}.")
     return out
 
 
