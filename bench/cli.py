@@ -23,6 +23,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("sweep", "run"), "study.run", "run a planned sweep locally or through Slurm (resumable)"),
     (("sweep", "status"), "study.status", "show what a sweep has done, is running, or failed"),
     (("fit",), "study.fit_cli", "IsoFLOP and scaling-law fits with bootstrap intervals from runs.csv"),
+    (("fit", "channels"), "evaluation.channel_laws",
+     "roll out every IsoFLOP point; loss-vs-compute laws per channel and lead time, flag those not improving"),
     (("eval",), "evaluation.evaluate", "roll a trained model out over the test split: RMSE, ACC, spectra"),
     (("bench", "loader"), "perf.loader_bench", "loader throughput: DALI and torch against a plain read"),
     (("bench", "model"), "perf.model_bench", "model forward+backward speed and GFLOP/s against matmul peak"),

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
 
 from wxscale.args import float_list
 from wxscale.errors import WxscaleError
@@ -74,15 +73,9 @@ def study_grid(budgets: list[float] | tuple[float, ...] = DEMO_BUDGETS,
 
 def true_approach2_exponent(grid: pd.DataFrame, law: Law) -> float:
     """Slope of log N_opt against log C, N_opt(C) the true law's minimum along D = C / flops_per_sample(N)."""
-    fps = F.flops_per_sample_fn(grid)
     budgets = np.sort(grid["budget_flops"].unique())
-    lo, hi = np.log(grid["params"].min()) - 3, np.log(grid["params"].max()) + 3
-    n_opt = []
-    for c in budgets:
-        res = minimize_scalar(lambda x, c=c: float(law.loss(np.exp(x), c / fps(np.exp(x)))), bounds=(lo, hi),
-                              method="bounded", options={"xatol": 1e-10})
-        n_opt.append(np.exp(res.x))
-    return F.fit_power_law(budgets, np.array(n_opt))[1]
+    true = F.ParametricFit(law.E, law.A, law.B, law.alpha, law.beta)
+    return F.fit_power_law(budgets, F.law_optima(true, budgets, F.flops_per_sample_fn(grid)))[1]
 
 
 def synthetic_runs(grid: pd.DataFrame, law: Law, trunk_noise: float, point_noise: float,
@@ -100,11 +93,14 @@ def synthetic_runs(grid: pd.DataFrame, law: Law, trunk_noise: float, point_noise
 
 def _one_study(task: tuple) -> list[dict]:
     """Fit one synthetic study; a row per quantity with its interval (NaN where none) and whether it covers."""
-    grid, law, truth, trunk_noise, point_noise, n_bootstrap, level, seed, study, bootstrap = task
+    grid, law, truth, trunk_noise, point_noise, n_bootstrap, level, seed, study, bootstrap, approaches = task
     runs = synthetic_runs(grid, law, trunk_noise, point_noise, np.random.default_rng([seed, study]))
+    wanted = {"2": ("approach2_exponent",), "3": ("alpha", "beta")}
     rows = {q: {"study": study, "quantity": q, "truth": truth[q], "estimate": np.nan, "lo": np.nan, "hi": np.nan,
-                "n_bootstrap": n_bootstrap, "n_bootstrap_ok": 0, "error": ""} for q in QUANTITIES}
+                "n_bootstrap": n_bootstrap, "n_bootstrap_ok": 0, "error": ""} for a in approaches for q in wanted[a]}
     for approach, quantities in (("2", {"approach2_exponent": "n_opt"}), ("3", {"alpha": "alpha", "beta": "beta"})):
+        if approach not in approaches:
+            continue
         try:
             res = F.fit_scaling(runs, approach=approach, n_bootstrap=n_bootstrap, level=level, seed=study,
                                 bootstrap=bootstrap)
@@ -126,14 +122,19 @@ def _one_study(task: tuple) -> list[dict]:
 
 def calibrate(grid: pd.DataFrame, law: Law = Law(), trunk_noise: float = 0.05, point_noise: float = 0.01,
               n_studies: int = 100, n_bootstrap: int = 200, level: float = 0.95, seed: int = 0,
-              processes: int = 1, progress: bool = False, bootstrap: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run ``n_studies`` synthetic studies; returns (one row per study and quantity, the summary per quantity)."""
+              processes: int = 1, progress: bool = False, bootstrap: str = "auto",
+              approaches: str = "both") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run ``n_studies`` synthetic studies; returns (one row per study and quantity, the summary per quantity).
+    ``approaches``: "2", "3" or "both" (Approach 3's refits take most of the time)."""
+    if approaches not in ("2", "3", "both"):
+        raise WxscaleError(f"--approach must be 2, 3 or both, got {approaches!r}")
+    approaches = ("2", "3") if approaches == "both" else (approaches,)
     if n_studies < 1 or n_bootstrap < 1:
         raise WxscaleError(f"--studies and --n-bootstrap must be >= 1, got {n_studies} and {n_bootstrap}")
     if trunk_noise < 0 or point_noise < 0:
         raise WxscaleError(f"noise levels must be >= 0, got trunk {trunk_noise} and point {point_noise}")
     truth = {"approach2_exponent": true_approach2_exponent(grid, law), "alpha": law.alpha, "beta": law.beta}
-    tasks = [(grid, law, truth, trunk_noise, point_noise, n_bootstrap, level, seed, s, bootstrap)
+    tasks = [(grid, law, truth, trunk_noise, point_noise, n_bootstrap, level, seed, s, bootstrap, approaches)
              for s in range(n_studies)]
     if processes > 1:
         import multiprocessing
@@ -243,6 +244,8 @@ def add_calibration_arguments(parser: argparse.ArgumentParser, with_shared: bool
     if with_shared:
         parser.add_argument("--bootstrap", choices=F.BOOTSTRAPS, default="auto",
                             help="bootstrap scheme (see wxscale fit --help; default auto)")
+        parser.add_argument("--approach", choices=["2", "3", "both"], default="both",
+                            help="which approaches' intervals to calibrate (default both)")
 
 
 def run_calibration(args: argparse.Namespace) -> int:
@@ -261,7 +264,7 @@ def run_calibration(args: argparse.Namespace) -> int:
     for tn, pn in zip(args.trunk_noise, args.point_noise):
         table, summary = calibrate(grid, law, tn, pn, n_studies=args.studies, n_bootstrap=args.n_bootstrap,
                                    level=args.level, seed=args.seed, processes=args.processes, progress=True,
-                                   bootstrap=args.bootstrap)
+                                   bootstrap=args.bootstrap, approaches=args.approach)
         tables.append(table)
         summaries.append(summary)
     table, summary = pd.concat(tables, ignore_index=True), pd.concat(summaries, ignore_index=True)

@@ -379,7 +379,8 @@ class TrunkResidualResampler:
 
     kind = "trunk effect"
 
-    def __init__(self, runs: pd.DataFrame, fitted_log_loss: np.ndarray) -> None:
+    def __init__(self, runs: pd.DataFrame, fitted_log_loss: np.ndarray, law: ParametricFit | None = None) -> None:
+        self.law = law  # the mean: the bootstrap world's true law
         codes = trunk_codes(runs)
         if codes is None:
             raise WxscaleError("the trunk-residual bootstrap needs a trunk_id column (continual-training sweeps)")
@@ -423,13 +424,50 @@ def make_resampler(runs: pd.DataFrame, bootstrap: str, by_budget: bool,
         law = parametric_fit(N, D, L, n_starts=16)
     if law is not None and law.converged:
         fitted = np.log(law.loss(runs["params"].to_numpy(float), runs["samples"].to_numpy(float)))
-        return TrunkResidualResampler(runs, fitted), notes
+        return TrunkResidualResampler(runs, fitted, law), notes
     if bootstrap == "trunk-residual":  # asked for explicitly: no silent fallback
         raise WxscaleError("--bootstrap trunk-residual needs the parametric law (Approach 3) to fit the runs, "
                            f"and it does not ({law.message if law else 'too few runs'}); use --bootstrap trunk")
     notes.append("bootstrap: the parametric law does not fit these runs, so whole trunks are resampled instead of "
                  "their residuals (expect many unusable replicates with few trunks)")
     return Resampler(runs, by_budget), notes
+
+
+def law_optima(law: ParametricFit, budgets: np.ndarray, flops_per_sample) -> np.ndarray:
+    """N_opt(C) of a parametric law along each budget's IsoFLOP line D = C / flops_per_sample(N), by a bounded
+    1-D search in log N (not the closed form: flops_per_sample need not be proportional to N)."""
+    from scipy.optimize import minimize_scalar
+
+    out = []
+    for c in np.atleast_1d(budgets):
+        res = minimize_scalar(lambda x, c=c: float(law.loss(np.exp(x), c / flops_per_sample(np.exp(x)))),
+                              bounds=(0.0, 50.0), method="bounded", options={"xatol": 1e-10})
+        out.append(float(np.exp(res.x)))
+    return np.array(out)
+
+
+def _reflect_around_world(law: ParametricFit, budgets: np.ndarray, good: np.ndarray, fps_at, point: pd.DataFrame,
+                          laws: dict, opt_boot: dict, law_boot: dict) -> None:
+    """Turn residual-bootstrap replicates into basic-bootstrap replicates (Davison & Hinkley 1997, eq. 5.6).
+
+    The replicates are drawn from a known world, the mean law, whose own optima and power laws are computed
+    exactly here. The spread of (replicate - world truth) stands in for (estimate - truth), bias included: a
+    parabola through a few sizes misplaces the vertex (Czech et al. 2026, arXiv 2603.22339). Each replicate v
+    becomes estimate - (v - truth) (in log for positive quantities), so its percentiles give the basic interval
+    and predictions made from the replicates stay consistent with it. In place.
+    """
+    n_w = law_optima(law, budgets, fps_at)
+    world = {"n_opt": n_w, "d_opt": budgets / fps_at(n_w), "l_opt": law.loss(n_w, budgets / fps_at(n_w))}
+    for q, v in opt_boot.items():
+        est = point[q].to_numpy(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v[:] = est * world[q] / v  # log est - (log v - log world)
+    world_laws = _power_laws(budgets[good], {q: world[q][good] for q in world})
+    for q, rep in law_boot.items():
+        (k, a), (k_w, a_w) = laws[q], world_laws[q]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rep[:, 0] = k * k_w / rep[:, 0]
+        rep[:, 1] = a - (rep[:, 1] - a_w)
 
 
 def isoflop_fit(runs: pd.DataFrame, n_bootstrap: int = 200, level: float = 0.95, seed: int = 0,
@@ -483,13 +521,18 @@ def isoflop_fit(runs: pd.DataFrame, n_bootstrap: int = 200, level: float = 0.95,
             if use.sum() >= min_budgets:  # the budgets whose minimum is interior in the data and this replicate
                 for q, kv in _power_laws(budgets[use], {q: v[r, use] for q, v in opt_boot.items()}).items():
                     law_boot[q][r] = kv
+    notes = []
+    if isinstance(resampler, TrunkResidualResampler):
+        _reflect_around_world(resampler.law, budgets, good, fps_at, point, laws, opt_boot, law_boot)
+        notes.append("Approach 2: intervals are basic bootstrap intervals around the bootstrap world's own law, "
+                     "which corrects the IsoFLOP parabolas' bias")
     iso = point.copy()
     for q in opt_boot:
         lo_hi = [percentile_interval(opt_boot[q][:, j], level) if good[j] else (math.nan, math.nan)
                  for j in range(len(budgets))]
         iso[f"{q}_lo"], iso[f"{q}_hi"] = [v[0] for v in lo_hi], [v[1] for v in lo_hi]
     iso = iso[ISOFLOP_COLUMNS]
-    notes = [f"Approach 2: C={r.budget_flops:.3g} left out: {r.note}" for r in iso.itertuples() if not r.interior]
+    notes += [f"Approach 2: C={r.budget_flops:.3g} left out: {r.note}" for r in iso.itertuples() if not r.interior]
     n_ok = int(np.isfinite(law_boot["n_opt"][:, 1]).sum())
     notes += boot_notes
     notes.append(f"Approach 2: bootstrap resampled {resampler.kind}s ({resampler.n_units}); {n_ok}/{n_bootstrap} "

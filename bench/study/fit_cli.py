@@ -24,7 +24,8 @@ from wxscale.study import fit as F
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="DIR_OR_RUNS_CSV", help="sweep dir holding runs.csv, or a CSV file")
+    parser.add_argument("source", metavar="DIR_OR_RUNS_CSV", nargs="?", default=None,
+                        help="sweep dir holding runs.csv, or a CSV file (not with --calibrate)")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default DIR/fit; required for a CSV)")
     parser.add_argument("--approach", choices=["2", "3", "both"], default="both",
                         help="2: IsoFLOP profiles, 3: parametric law L = E + A/N^a + B/D^b (default both)")
@@ -44,6 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=["chinchilla"], default=None,
                         help="chinchilla: read Epoch AI's svg_extracted_data.csv as described above")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    parser.add_argument("--bootstrap", choices=F.BOOTSTRAPS, default="auto",
+                        help="resampling: auto (default: by trunk when runs.csv has trunk_id, else by run), "
+                             "trunk-residual (the trunks' shared noise on the fixed design), trunk (whole trunks "
+                             "with their branches), run (single runs)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="instead of fitting DIR: fit many synthetic studies of a known law and report how "
+                             "often the intervals cover it (wxscale.study.calibrate; needs --out)")
+    from wxscale.study.calibrate import add_calibration_arguments
+
+    add_calibration_arguments(parser, with_shared=False)
 
 
 def parse_columns(text: str | None) -> dict[str, str]:
@@ -143,9 +154,17 @@ def summary(result: F.FitResult, predictions: pd.DataFrame | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.calibrate:
+        from wxscale.study.calibrate import run_calibration
+
+        if args.out is None or args.source is not None:
+            raise WxscaleError("--calibrate draws its own studies: give --out DIR and no DIR_OR_RUNS_CSV")
+        return run_calibration(args)
+    if args.source is None:
+        raise WxscaleError("give DIR_OR_RUNS_CSV (a sweep dir or a runs CSV), or --calibrate --out DIR")
     runs, out = load_input(args)
     result = F.fit_scaling(runs, approach=args.approach, n_bootstrap=args.n_bootstrap, level=args.level,
-                           seed=args.seed, progress=True)
+                           seed=args.seed, progress=True, bootstrap=args.bootstrap)
     written = F.write_fit(result, out)
     predictions = None
     if args.predict:
