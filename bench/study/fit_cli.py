@@ -9,6 +9,12 @@ Foreign tables: --columns maps our column names to theirs, --flops-per-param fil
 --preset chinchilla does all three for Epoch AI's points from Hoffmann et al. 2022 Fig. 4
 (`Model Size`, `Training FLOP`, `loss`; D = C / 6N; budgets rounded to 0.1 dex; the 5 runs with the fewest
 tokens per parameter dropped, as Besiroglu et al. 2024 do).
+
+Intervals: --bootstrap auto resamples by trunk when runs.csv has trunk_id (branches share their trunk's noise),
+and by run otherwise; the terminal and fits.csv (n_bootstrap_ok) say how many replicates were usable.
+`wxscale fit --calibrate --out DIR` checks the intervals instead: many synthetic studies of a known law on a
+sweep's grid (default: the demo's), reporting coverage and median width (wxscale.study.calibrate).
+Per channel and lead time: `wxscale fit channels SWEEP` (wxscale.evaluation.channel_laws).
 """
 
 from __future__ import annotations
