@@ -347,7 +347,14 @@ class Resampler:
 
     def weights(self, rng: np.random.Generator) -> np.ndarray:
         if self.codes is not None:
-            drawn = np.bincount(rng.integers(0, self.n_units, self.n_units), minlength=self.n_units)
+            # Redrawn (up to 20 times) until 3 distinct trunks are in: with 5 trunks a tenth of the draws hold
+            # only 2 sizes, which determine neither a parabola nor the law. A condition on the design (which
+            # trunks), never on the losses, so it favours no outcome.
+            need = min(MIN_SIZES_PER_BUDGET, self.n_units)
+            for _ in range(20):
+                drawn = np.bincount(rng.integers(0, self.n_units, self.n_units), minlength=self.n_units)
+                if (drawn > 0).sum() >= need:
+                    break
             return drawn[self.codes].astype(float)
         if self.groups is None:
             return np.bincount(rng.integers(0, self.n, self.n), minlength=self.n).astype(float)
