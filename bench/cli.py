@@ -28,6 +28,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("transfer",), "study.transfer", "transfer study: pretrain, fine-tune vs scratch across physics shifts"),
     (("fit",), "study.fit_cli", "IsoFLOP and scaling-law fits with bootstrap intervals from runs.csv"),
     (("schedules",), "study.schedules", "WSD with a 1-sqrt cooldown against cosine at equal compute, per size"),
+    (("fit", "channels"), "evaluation.channel_laws",
+     "roll out every IsoFLOP point; loss-vs-compute laws per channel and lead time, flag those not improving"),
     (("eval",), "evaluation.evaluate", "roll a trained model out over the test split: RMSE, ACC, spectra"),
     (("bench", "loader"), "perf.loader_bench", "loader throughput: DALI and torch against a plain read"),
     (("bench", "model"), "perf.model_bench", "model forward+backward speed and GFLOP/s against matmul peak"),

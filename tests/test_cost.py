@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.train_utils import write_sweep_base
 from wxscale.cli import main as cli
 from wxscale.errors import WxscaleError
 from wxscale.hardware import GPU_PEAKS
@@ -32,15 +33,16 @@ def _throughput_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def test_assumed_mfu_prices_by_analytic_flops():
-    plan, _ = plan_sweep(_spec())
+    plan, _ = plan_sweep(_spec(rollout_steps=2))
+    one_step, _ = plan_sweep(_spec())
+    assert (plan["flops_per_sample"] == 2 * one_step["flops_per_sample"]).all()  # the plan's count holds the rollout
     model = load_cost_model("peak:H100", precision="bf16", grid=(8, 16), channels=3, mfu=0.4)
     assert model.kind == "assumed" and "MFU 0.4" in model.description and "data sheet" in model.description
     runs = run_costs(plan, 8, 2, model, devices_per_run=4)
     peak = GPU_PEAKS["H100"]["bf16"]
     for r in runs.itertuples():
-        fps = plan.loc[plan["size"] == r.size, "flops_per_sample"].iloc[0]
-        k = 1 if r.kind == "trunk" else 2  # branches cool down at the sweep's rollout (2 here)
-        assert r.samples_per_s == pytest.approx(4 * peak * 0.4 / (fps * k))
+        fps = plan.loc[plan["size"] == r.size, "flops_per_sample"].iloc[0]  # trunks and branches train at rollout 2
+        assert r.samples_per_s == pytest.approx(4 * peak * 0.4 / fps)
         assert r.wall_s == pytest.approx(r.samples / r.samples_per_s)
         assert r.device_hours == pytest.approx(r.wall_s * 4 / 3600)
     trunks = trunks_of(plan)
@@ -102,8 +104,9 @@ def test_sweep_wall_time_replays_the_local_runner_order():
 
 def _plan_cli(tmp_path: Path, data: Path, *extra: str) -> tuple[int, Path]:
     out = tmp_path / "sw"
+    base = write_sweep_base(tmp_path / "base.yaml")  # a short warmup: tiny budgets branch after it
     rc = cli(["sweep", "plan", "--dataset", str(data), "--out", str(out), "--budgets", "2e8,4e8", "--sizes", "s0,s1",
-              "--global-batch", "8", "--min-steps", "2", *TINY, *extra])
+              "--global-batch", "8", "--min-steps", "2", "--train-config", str(base), *TINY, *extra])
     return rc, out
 
 

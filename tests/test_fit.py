@@ -198,3 +198,84 @@ def test_chinchilla_points_fit():
     a = iso.fits.set_index("quantity").loc["n_opt"]
     assert 0.45 < a["exponent"] < 0.55 and a["exponent_lo"] < a["exponent"] < a["exponent_hi"]
     assert iso.isoflop["interior"].sum() >= 10
+
+
+# ------------------------------------------------------------------------------------ bootstrap and calibration
+
+def test_failed_replicates_widen_the_interval_never_shift_it():
+    values = np.linspace(0.0, 1.0, 1001)
+    lo, hi = F.percentile_interval(values, 0.9)
+    assert lo == pytest.approx(0.05) and hi == pytest.approx(0.95)
+    # 2 % failed: taken as lying beyond both ends, the interval widens (dropping them would keep it).
+    with_failures = np.concatenate([values, np.full(20, np.nan)])
+    lo2, hi2 = F.percentile_interval(with_failures, 0.9)
+    assert lo2 < lo and hi2 > hi
+    # More failures than the level leaves room for: no interval at all.
+    assert all(np.isnan(F.percentile_interval(np.concatenate([values, np.full(200, np.nan)]), 0.9)))
+
+
+def test_trunk_bootstrap_draws_branches_with_their_trunk():
+    runs = pd.DataFrame({"trunk_id": ["t0", "t0", "t1", "t1", "t2"], "params": [1, 1, 2, 2, 3],
+                         "budget_flops": [1, 2, 1, 2, 2]})
+    resampler = F.Resampler(runs, by_budget=True)
+    assert resampler.kind == "trunk" and resampler.n_units == 3
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        w = resampler.weights(rng)
+        assert w[0] == w[1] and w[2] == w[3]
+        assert w[0] + w[2] + w[4] == 3  # three trunks drawn with replacement
+
+
+def test_trunk_residual_bootstrap_moves_branches_of_a_trunk_together():
+    from wxscale.study import calibrate as K
+
+    grid = K.study_grid()
+    runs = K.synthetic_runs(grid, K.Law(), 0.0, 0.0, np.random.default_rng(0))
+    fitted = np.log(runs["val_loss"].to_numpy())
+    shift = np.where(runs["trunk_id"] == "trunk_s2", 0.05, -0.05 / 4)  # pure trunk effects, no point noise
+    runs["val_loss"] *= np.exp(shift)
+    resampler = F.TrunkResidualResampler(runs, fitted)
+    log_ratio = np.log(resampler.losses(np.random.default_rng(1))) - fitted
+    for _, g in pd.Series(log_ratio).groupby(runs["trunk_id"].to_numpy()):
+        assert np.ptp(g) < 1e-12  # one shared draw per trunk
+    assert np.unique(np.round(log_ratio, 12)).size <= 5
+
+
+def test_fit_reports_the_bootstrap_scheme_and_usable_replicates():
+    from wxscale.study import calibrate as K
+
+    runs = K.synthetic_runs(K.study_grid(), K.Law(), 0.01, 0.01, np.random.default_rng(3))
+    res = F.isoflop_fit(runs, n_bootstrap=20)
+    assert any("bootstrap resampled trunk effects (5)" in n for n in res.notes), res.notes
+    row = res.fits.set_index("quantity").loc["n_opt"]
+    assert 0 < row["n_bootstrap_ok"] <= 20 and row["n_bootstrap"] == 20
+    with pytest.raises(WxscaleError, match="trunk_id"):
+        F.isoflop_fit(runs.drop(columns=["trunk_id"]), n_bootstrap=5, bootstrap="trunk")
+
+
+def test_calibration_covers_the_approach2_exponent():
+    """The fast version of `wxscale fit --calibrate`: Approach 2 on the demo's grid, a low-noise setting.
+    The full calibration (both approaches, both of the issue's noise settings) is a command, not a test."""
+    from wxscale.study import calibrate as K
+
+    grid = K.study_grid()
+    table, summary = K.calibrate(grid, K.Law(), trunk_noise=0.005, point_noise=0.005, n_studies=10,
+                                 n_bootstrap=40, approaches="2")
+    s = summary.set_index("quantity").loc["approach2_exponent"]
+    assert s["n_studies"] == 10 and s["truth"] == pytest.approx(K.true_approach2_exponent(grid, K.Law()))
+    assert s["n_covered"] >= 8, table
+    assert 0 < s["median_width"] < 0.5
+
+
+def test_calibrate_command_writes_table_summary_and_plot(tmp_path, capsys):
+    out = tmp_path / "cal"
+    rc = cli_main(["fit", "--calibrate", "--out", str(out), "--studies", "2", "--n-bootstrap", "6",
+                   "--trunk-noise", "0.01", "--point-noise", "0.01"])
+    assert rc == 0
+    summary = pd.read_csv(out / "calibration_summary.csv")
+    assert set(summary["quantity"]) == {"approach2_exponent", "alpha", "beta"}
+    assert {"coverage", "median_width", "n_without_interval", "median_bootstrap_ok"} <= set(summary.columns)
+    table = pd.read_csv(out / "calibration.csv")
+    assert len(table) == 6 and (out / "calibration.png").is_file()
+    assert "coverage" in capsys.readouterr().out
+    assert cli_main(["fit", "--calibrate"]) == 2  # needs --out

@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,78 @@ def test_unavailable_reason_names_what_is_missing(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name, path=None: None)
     reason = unavailable_reason()
     assert reason is not None and "slurmctld" in reason and "setup_system.sh" in reason
+
+
+HELD_SWEEP_TEMPLATE = """#!/bin/bash
+# A sweep run that Slurm holds for 10 minutes (--begin), so the test sees its jobs queued.
+# wxscale:param sweep_dir=<required>  the sweep dir
+# wxscale:param run_id=<required>  the run's id
+# wxscale:param config=<required>  its config
+# wxscale:param run_dir=<required>  its run dir
+# wxscale:param data_dir=  the dataset
+#SBATCH --job-name=wxs-{{run_id}}
+#SBATCH --ntasks=1
+#SBATCH --begin=now+600
+#SBATCH --output=/dev/null
+echo {{run_id|q}} {{config|q}} {{run_dir|q}}
+"""
+
+
+def test_sweep_run_again_while_trunks_are_queued(cluster, tmp_path, monkeypatch, capsys):
+    """Submit a sweep, then run `sweep run` again while its trunks are still queued: branches that are no longer
+    in Slurm are submitted again with afterok on the trunk's recorded job; branches of a failed trunk are
+    blocked (not submitted); queued runs are not submitted twice."""
+    from tests.conftest import make_tiny_dataset
+    from tests.train_utils import write_sweep_base
+    from wxscale.cli import main as cli
+    from wxscale.study.plan import load_plan
+    from wxscale.study.sweep import launch_info, sweep_table
+
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    data = make_tiny_dataset(tmp_path / "data", n_steps=40)
+    sweep = tmp_path / "sw"
+    assert cli(["sweep", "plan", "--dataset", str(data), "--out", str(sweep), "--budgets", "2e8,4e8",
+                "--sizes", "s0,s1", "--global-batch", "8", "--min-steps", "2",
+                "--train-config", str(write_sweep_base(tmp_path / "base.yaml")),
+                "--model", "patch=2", "--model", "window=[2, 4]"]) == 0
+    template = tmp_path / "held.sbatch"
+    template.write_text(HELD_SWEEP_TEMPLATE)
+    _, plan = load_plan(sweep)
+    branches = {t: list(plan.loc[plan["trunk_id"] == t, "run_id"]) for t in ("trunk_s0", "trunk_s1")}
+    job_ids: list[str] = []
+    try:
+        assert cli(["sweep", "run", str(sweep), "--executor", "slurm", "--template", str(template)]) == 0
+        first = {r: launch_info(sweep / "runs" / r).get("job_id") for r in sweep_table(sweep)["run_id"]}
+        job_ids += [j for j in first.values() if j]
+        assert all(first.values()), first
+        for trunk, runs in branches.items():
+            for r in runs:
+                assert f"afterok:{first[trunk]}" in cluster.job_info(first[r]).get("Dependency", ""), r
+        assert set(sweep_table(sweep)["state"]) == {"queued"}
+        # The branches' jobs are cancelled (say by hand) while the trunks stay queued; trunk_s1 then fails.
+        for r in branches["trunk_s0"] + branches["trunk_s1"] + ["trunk_s1"]:
+            subprocess.run(["scancel", first[r]], env=cluster.env, check=True)
+        (sweep / "runs" / "trunk_s1" / "summary.json").write_text(json.dumps({"status": "failed",
+                                                                             "reason": "test"}))
+        for _ in range(60):  # until Slurm no longer lists the cancelled jobs as pending
+            states = sweep_table(sweep).set_index("run_id")["state"]
+            if all(states[r] == "pending" for r in branches["trunk_s0"]):
+                break
+            time.sleep(0.5)
+        assert states["trunk_s0"] == "queued" and states["trunk_s1"] == "failed"
+        capsys.readouterr()
+        assert cli(["sweep", "run", str(sweep), "--executor", "slurm", "--template", str(template)]) == 1
+        out, err = capsys.readouterr()
+        second = {r: launch_info(sweep / "runs" / r).get("job_id") for r in sweep_table(sweep)["run_id"]}
+        job_ids += [j for j in second.values() if j]
+        assert second["trunk_s0"] == first["trunk_s0"]  # still queued: not submitted twice
+        for r in branches["trunk_s0"]:
+            assert second[r] != first[r]
+            assert f"afterok:{first['trunk_s0']}" in cluster.job_info(second[r]).get("Dependency", ""), r
+            assert f"submitted {r} as job {second[r]} after trunk_s0 (job {first['trunk_s0']})" in out
+        for r in branches["trunk_s1"]:
+            assert second[r] == first[r]  # not submitted again
+            assert f"blocked {r}" in err
+    finally:
+        if job_ids:
+            subprocess.run(["scancel", *job_ids], env=cluster.env, check=False)

@@ -104,6 +104,8 @@ def test_run_local_collects_and_resumes(sweep_dir: Path):
         assert summary["samples"] == row.samples
         assert summary["branch_from_samples"] == row.branch_from_samples
         assert summary["cooldown_start_samples"] == row.branch_from_samples
+        # The plan's FLOPs per sample are what the trainer counts (rollout included), so budgets are exact.
+        assert summary["flops_per_sample"] == row.flops_per_sample
 
     # Run again: nothing is trained twice.
     stamps = {p: p.stat().st_mtime_ns for p in (sweep_dir / "runs").glob("*/summary.json")}
@@ -157,3 +159,91 @@ def test_slurm_dry_run_chains_branches_after_trunks(sweep_dir: Path, tmp_path: P
     cfg = yaml.safe_load((copy / "configs" / f"{plan['run_id'].iloc[0]}.yaml").read_text())
     assert cfg["run"]["init_from"].endswith(f"checkpoints/samples_{plan['branch_from_samples'].iloc[0]}")
     assert os.path.basename(os.path.dirname(os.path.dirname(cfg["run"]["init_from"]))) == plan["trunk_id"].iloc[0]
+
+
+def test_plan_counts_rollout_flops_like_the_trainer():
+    from wxscale.model import model_flops, resolve_config
+
+    one, _ = plan_sweep(_spec())
+    two, summary = plan_sweep(_spec(rollout_steps=2))
+    for row in two.itertuples():
+        cfg = resolve_config(row.size, TINY_MODEL)
+        # The trainer's own count (trainer.py: model_flops with loss.rollout_steps).
+        assert row.flops_per_sample == int(model_flops(cfg, (8, 16), 3, rollout_steps=2).train_flops_per_sample)
+    assert (two["flops_per_sample"] == 2 * one.set_index("run_id").loc[two["run_id"], "flops_per_sample"].values).all()
+    # A budget is the FLOPs spent: each branch uses its budget to within one global batch.
+    assert ((two["samples"] * two["flops_per_sample"] - two["budget_flops"]).abs()
+            <= 8 * two["flops_per_sample"]).all()
+    trunks = trunks_of(two)
+    expect = (trunks["samples"] * trunks["flops_per_sample"]).sum() + (two["cooldown_samples"]
+                                                                      * two["flops_per_sample"]).sum()
+    assert summary["continual_flops"] == pytest.approx(expect)
+
+
+def test_plan_reads_rollout_and_warmup_from_the_base_config(tmp_path: Path):
+    data = make_tiny_dataset(tmp_path / "data", n_steps=40)
+    base = write_sweep_base(tmp_path / "base.yaml")
+    cfg = yaml.safe_load(base.read_text())
+    cfg["loss"] = {"rollout_steps": 2}
+    base.write_text(yaml.safe_dump(cfg))
+    args = ["sweep", "plan", "--dataset", str(data), "--budgets", "2e8,4e8", "--sizes", "s0,s1",
+            "--global-batch", "8", "--min-steps", "2", "--train-config", str(base), "--model", "patch=2",
+            "--model", "window=[2, 4]"]
+    assert cli([*args, "--out", str(tmp_path / "a")]) == 0
+    spec, plan = load_plan(tmp_path / "a")
+    assert spec.rollout_steps == 2 and spec.warmup_samples == 8
+    one = plan_sweep(_spec(budgets=[2e8, 4e8]))[0].set_index("run_id")
+    assert (plan.set_index("run_id")["flops_per_sample"] == 2 * one.loc[plan["run_id"], "flops_per_sample"]).all()
+    # A warmup longer than the earliest branch point is refused, naming the budget and the size.
+    cfg["schedule"]["warmup_samples"] = 10**6
+    base.write_text(yaml.safe_dump(cfg))
+    assert cli([*args, "--out", str(tmp_path / "b")]) == 2
+
+
+def test_run_ids_unique_for_close_budgets():
+    plan, _ = plan_sweep(_spec(budgets=[1e9, 1.004e9, 2e9]))
+    assert plan["run_id"].is_unique
+    assert {"C1e09_s0", "C1.004e09_s0", "C2e09_s0"} <= set(plan["run_id"])
+
+
+def test_branch_inside_warmup_is_refused():
+    with pytest.raises(WxscaleError, match=r"budget 1e\+09 FLOPs, size s0: .*inside the warmup \(100000 samples"):
+        plan_sweep(_spec(warmup_samples=100_000))
+    plan_sweep(_spec(warmup_samples=8))  # a warmup before every branch point is fine
+
+
+def test_slurm_branch_waits_on_a_queued_trunk_and_skips_a_failed_one(sweep_dir: Path, tmp_path: Path,
+                                                                     monkeypatch, capsys):
+    """An earlier `sweep run` submitted trunk_s0 (job 111, still queued) and trunk_s1 failed: s0's branches
+    wait on job 111, s1's are blocked and nothing is submitted for them."""
+    import shutil
+
+    from wxscale.study import sweep as sweep_mod
+
+    copy = tmp_path / "sw"
+    shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns("runs"))
+    sweep_mod.mark_launched(copy / "runs" / "trunk_s0", executor="slurm", job_id="111")
+    (copy / "runs" / "trunk_s1").mkdir(parents=True)
+    (copy / "runs" / "trunk_s1" / "summary.json").write_text(json.dumps({"status": "failed", "reason": "test"}))
+    monkeypatch.setattr(sweep_mod, "slurm_job_alive", lambda job_id: job_id == "111")
+    submitted = []
+
+    def fake_submit(text, sbatch_args=None, dependency=None):
+        submitted.append((text.split("--job-name=wxs-")[1].split()[0], dependency))
+        return str(200 + len(submitted))
+
+    monkeypatch.setattr("wxscale.submit.submit_script", fake_submit)
+    jobs = run_slurm(copy, "sweep", {"image": "/images/wxscale.sif"})
+    _, plan = load_plan(copy)
+    s0 = set(plan.loc[plan["trunk_id"] == "trunk_s0", "run_id"])
+    s1 = set(plan.loc[plan["trunk_id"] == "trunk_s1", "run_id"])
+    assert dict(submitted) == {r: "afterok:111" for r in s0}
+    assert {r: jobs[r] for r in s1} == {r: "blocked" for r in s1}
+    assert "trunk_s0" not in jobs and "trunk_s1" not in jobs
+    err = capsys.readouterr().err
+    assert all(f"blocked {r}" in err for r in s1) and "trunk trunk_s1 is failed" in err
+    # The launch records hold the new job ids, so a third call submits nothing twice.
+    submitted.clear()
+    monkeypatch.setattr(sweep_mod, "slurm_job_alive", lambda job_id: True)
+    again = run_slurm(copy, "sweep", {"image": "/images/wxscale.sif"})
+    assert submitted == [] and set(again.values()) == {"blocked"}

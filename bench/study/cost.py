@@ -15,10 +15,11 @@ branch, as `wxscale sweep run` will start them) with one of two cost models, and
 
 A run's wall time is its samples over that rate plus a fixed per-run overhead (``--cost-overhead-s``: process
 start, data checks, model build, validation and checkpoints, which the rate does not see); its device-hours are
-wall time x the devices it holds. A trunk trains to its last branch point at rollout 1; a branch trains its
-cooldown samples only, at the sweep's rollout steps (``SweepSpec.rollout_steps``; k-step rollout costs k times
-per sample). The sweep's wall time comes from replaying the local runner's order (`wxscale sweep run --jobs J`:
-trunks first, a branch as soon as its trunk is complete, J runs at a time) with J = devices // devices per run.
+wall time x the devices it holds. A trunk trains to its last branch point and a branch its cooldown
+samples, both at the base config's rollout steps (``SweepSpec.rollout_steps``): the plan's FLOPs per sample
+already hold them (k-step rollout costs k times per sample). The sweep's wall time comes from replaying the local
+runner's order (`wxscale sweep run --jobs J`: trunks first, a branch as soon as its trunk is complete, J runs at a
+time) with J = devices // devices per run.
 
 Writes, next to plan.csv (which gains ``planned_samples_per_s, planned_wall_s, planned_device_hours`` per
 branch), ``cost.csv``: one row per run, trunks and branches, with the basis of each price.
@@ -58,7 +59,7 @@ class CostModel:
              rollout_steps: int) -> tuple[float, str]:
         """(samples/s of one run on `devices` devices, the basis of that number)."""
         if self.kind == "assumed":
-            sps = devices * self.peak_flops * self.mfu / (flops_per_sample * rollout_steps)
+            sps = devices * self.peak_flops * self.mfu / flops_per_sample  # the plan's count holds the rollout
             return sps, f"assumed MFU {self.mfu:g} x {self.peak_flops / 1e12:g} TFLOP/s x {devices} device(s)"
         return self._measured(size, params, global_batch, devices, rollout_steps)
 
@@ -175,12 +176,12 @@ def run_costs(plan: pd.DataFrame, global_batch: int, rollout_steps: int, model: 
         if overhead_s and samples > 0:
             basis += f"; + {overhead_s:g} s per run"
         rows.append({"run_id": run_id, "kind": kind, "trunk_id": trunk_id, "size": size, "params": int(params),
-                     "samples": int(samples), "rollout_steps": k, "train_flops": float(samples) * fps * k,
+                     "samples": int(samples), "rollout_steps": k, "train_flops": float(samples) * fps,
                      "devices": devices_per_run, "samples_per_s": sps, "wall_s": wall,
                      "device_hours": wall * devices_per_run / 3600, "basis": basis})
 
     for t in trunks_of(plan).itertuples():
-        add(t.trunk_id, "trunk", t.trunk_id, t.size, t.params, t.flops_per_sample, t.samples, 1)
+        add(t.trunk_id, "trunk", t.trunk_id, t.size, t.params, t.flops_per_sample, t.samples, rollout_steps)
     for b in plan.itertuples():
         add(b.run_id, "branch", b.trunk_id, b.size, b.params, b.flops_per_sample, b.cooldown_samples, rollout_steps)
     return pd.DataFrame(rows, columns=COST_COLUMNS)

@@ -165,7 +165,7 @@ def extend_sweep(sweep_dir: Path, target: int = TARGET_MINIMA, max_flops: float 
         group = [p for p in points if p[0] == c]
         if max_flops is not None:
             _, _, trial = add_points(sweep_dir, kept + group, lr=lr, write=False)
-            if continual_flops(trial, spec.rollout_steps) > max_flops:
+            if continual_flops(trial) > max_flops:
                 over.append(c)
                 continue
         kept += group

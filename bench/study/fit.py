@@ -19,9 +19,16 @@ Input: one row per finished run with ``budget_flops`` (C), ``params`` (N), ``sam
   grid of starts. Compute-optimal allocation for C = c N D (c = 6 for dense transformers with D in tokens):
   N_opt = G (C / c)^a, D_opt = G^-1 (C / c)^b, G = (alpha A / (beta B))^(1 / (alpha + beta)),
   a = beta / (alpha + beta), b = alpha / (alpha + beta).
-- Intervals: case bootstrap (resample runs with replacement; for Approach 2 within each budget), percentile
-  intervals at ``level`` (default 95 %). Besiroglu et al. bootstrap 4000 times; the default here is 200 to keep
-  the command fast, ``n_bootstrap`` raises it.
+- Intervals: percentile bootstrap at ``level`` (default 95 %). When runs.csv has ``trunk_id`` (continual
+  training), the bootstrap resamples whole trunks with all their branches: branches cut from one trunk share its
+  noise, so resampling single runs treats correlated points as independent and under-covers. Without
+  ``trunk_id`` (independent runs, e.g. Chinchilla's points) it resamples runs (Approach 2: within each budget).
+  Every replicate is refitted from scratch (its own start grid; no warm start from the full-data optimum).
+  Replicates that give no estimate are counted (``n_bootstrap_ok``) and never silently dropped: the interval
+  counts them as lying beyond its ends, half on each side (:func:`percentile_interval`), so a fit whose
+  replicates often fail gets a wider interval, or none. Besiroglu et al. bootstrap 4000 times; the default
+  here is 200 to keep the command fast, ``n_bootstrap`` raises it. ``wxscale fit --calibrate``
+  (:mod:`wxscale.study.calibrate`) measures how often these intervals cover a known law.
 """
 
 from __future__ import annotations
@@ -152,13 +159,24 @@ def _one_blas_thread():
 
 
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:
-    """Percentile bootstrap interval, NaNs (failed replicates) dropped."""
+    """Percentile bootstrap interval in which failed replicates (NaN) count as lying beyond its ends.
+
+    Dropping failures would shift the interval silently: a replicate fails precisely when its data are extreme
+    (an IsoFLOP vertex leaving the sampled range, an exponent running to its bound). With a fraction f failed,
+    half of them are taken to lie below every usable value and half above, so the ends are the usable
+    replicates' quantiles (q - f/2) / (1 - f) and 1 minus that, q = (1 - level) / 2. When f/2 >= q the
+    interval is unbounded on the failures' side, returned as (NaN, NaN): no interval at this level.
+    """
     s = np.asarray(samples, float)
-    s = s[np.isfinite(s)]
-    if s.size == 0:
+    ok = s[np.isfinite(s)]
+    if ok.size == 0:
         return math.nan, math.nan
-    q = 100 * (1 - level) / 2
-    lo, hi = np.percentile(s, [q, 100 - q])
+    failed = 1 - ok.size / s.size
+    q = (1 - level) / 2
+    q_ok = (q - failed / 2) / (1 - failed)
+    if q_ok <= 0:
+        return math.nan, math.nan
+    lo, hi = np.quantile(ok, [q_ok, 1 - q_ok])
     return float(lo), float(hi)
 
 
@@ -237,13 +255,20 @@ def _optima(runs: pd.DataFrame, budgets: np.ndarray) -> pd.DataFrame:
     return table
 
 
-def _vertex(x: np.ndarray, y: np.ndarray, x_lo: float, x_hi: float) -> tuple[float, float]:
-    """The bootstrap's lean :func:`fit_isoflop_parabola`: (log10 N_opt, L_opt), NaN unless interior."""
+def _vertex(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> tuple[float, float]:
+    """The bootstrap's lean :func:`fit_isoflop_parabola`: (log10 N_opt, L_opt), NaN unless strictly inside the
+    range of the sizes drawn.
+
+    ``w`` are bootstrap counts (a run drawn twice weighs twice: least squares with weights sqrt(w) on the
+    residuals equals fitting the duplicated rows)."""
+    if w is not None:
+        keep = w > 0
+        x, y, w = x[keep], y[keep], w[keep]
     if np.unique(x).size < MIN_SIZES_PER_BUDGET:
         return math.nan, math.nan
-    x0 = x.mean()
-    p2, p1, p0 = np.polyfit(x - x0, y, 2)
-    if not p2 > 0 or not x_lo < x0 - p1 / (2 * p2) < x_hi:
+    x0 = x.mean() if w is None else float(np.average(x, weights=w))
+    p2, p1, p0 = np.polyfit(x - x0, y, 2, w=None if w is None else np.sqrt(w))
+    if not p2 > 0 or not x.min() < x0 - p1 / (2 * p2) < x.max():
         return math.nan, math.nan
     return x0 - p1 / (2 * p2), p0 - p1**2 / (4 * p2)
 
@@ -286,8 +311,9 @@ def _replicate_rows(approach: str, boot: dict[str, np.ndarray]) -> pd.DataFrame:
 def _resample_within_budget(idx: np.ndarray, params: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Case bootstrap within one budget, redrawn (up to 20 times) until it keeps enough sizes for a parabola.
 
-    Conditioning on a usable draw keeps small budgets from failing in a third of the replicates; a budget with
-    exactly 3 sizes therefore contributes no sampling spread (its parabola interpolates), so prefer >= 5.
+    Conditioning on the design (how many sizes were drawn), not on the outcome, keeps small budgets from failing
+    in a third of the replicates without favouring any loss values; a budget with exactly 3 sizes therefore
+    contributes no sampling spread (its parabola interpolates), so prefer >= 5.
     """
     for _ in range(20):
         draw = rng.choice(idx, size=idx.size, replace=True)
@@ -296,12 +322,171 @@ def _resample_within_budget(idx: np.ndarray, params: np.ndarray, rng: np.random.
     return draw
 
 
+def trunk_codes(runs: pd.DataFrame) -> np.ndarray | None:
+    """Integer code of each run's trunk (``trunk_id``), or None when the runs carry no trunk (independent runs)."""
+    if "trunk_id" not in runs.columns or runs["trunk_id"].isna().any():
+        return None
+    return pd.factorize(runs["trunk_id"].astype(str))[0]
+
+
+class Resampler:
+    """Bootstrap weights (how often each run is drawn) for one replicate.
+
+    With trunks: draw as many trunks as there are, with replacement; each run weighs as often as its trunk was
+    drawn, so branches of one trunk are always drawn together. Without: case bootstrap of runs, within each
+    budget when ``by_budget`` (Approach 2, so every budget keeps its number of points) or over all runs.
+    """
+
+    def __init__(self, runs: pd.DataFrame, by_budget: bool) -> None:
+        self.codes = trunk_codes(runs)
+        self.n = len(runs)
+        self.params = runs["params"].to_numpy(float)
+        budgets = runs["budget_flops"].to_numpy(float) if "budget_flops" in runs else np.zeros(self.n)
+        self.groups = [np.flatnonzero(budgets == c) for c in np.unique(budgets)] if by_budget else None
+        self.kind = "trunk" if self.codes is not None else ("run within budget" if by_budget else "run")
+        self.n_units = int(self.codes.max() + 1) if self.codes is not None else self.n
+
+    def weights(self, rng: np.random.Generator) -> np.ndarray:
+        if self.codes is not None:
+            # Redrawn (up to 20 times) until 3 distinct trunks are in: with 5 trunks a tenth of the draws hold
+            # only 2 sizes, which determine neither a parabola nor the law. A condition on the design (which
+            # trunks), never on the losses, so it favours no outcome.
+            need = min(MIN_SIZES_PER_BUDGET, self.n_units)
+            for _ in range(20):
+                drawn = np.bincount(rng.integers(0, self.n_units, self.n_units), minlength=self.n_units)
+                if (drawn > 0).sum() >= need:
+                    break
+            return drawn[self.codes].astype(float)
+        if self.groups is None:
+            return np.bincount(rng.integers(0, self.n, self.n), minlength=self.n).astype(float)
+        w = np.zeros(self.n)
+        for g in self.groups:
+            np.add.at(w, _resample_within_budget(g, self.params, rng), 1.0)
+        return w
+
+
+BOOTSTRAPS = ("auto", "trunk-residual", "trunk", "run")
+
+
+class TrunkResidualResampler:
+    """Two-level residual bootstrap on the sweep's fixed design (Davison & Hinkley 1997, "Bootstrap Methods and
+    their Application", Sec. 3.8, hierarchical data): new losses at the same (N, D) points.
+
+    The mean is a smooth fit of the whole table (the parametric law, Approach 3); its log residuals split into a
+    trunk effect u_t (the mean residual of trunk t: noise its branches share) and a point residual e_i. A
+    replicate draws the trunks' effects from {u_t} with replacement (each trunk's branches move together) and the
+    points' residuals from {e_i}: log L* = fit + u*_t(i) + e*_i. Fitting absorbs part of the spread, so both are
+    centred and inflated by sqrt(units / degrees of freedom): u by sqrt(G / (G - 2)) (A and alpha explain
+    differences between sizes) and e by sqrt(n / (n - G - 2)) (trunk means, B and beta), the usual
+    leverage correction of residual resampling.
+
+    Resampling whole trunks with their branches (:class:`Resampler`) moves the sizes themselves: with the 5
+    trunks of a typical sweep, most replicates then lack three sizes around a budget's optimum and give no
+    IsoFLOP vertex at all; the design (which sizes were run) is chosen, not sampled, so it stays fixed here.
+    """
+
+    kind = "trunk effect"
+
+    def __init__(self, runs: pd.DataFrame, fitted_log_loss: np.ndarray, law: ParametricFit | None = None) -> None:
+        self.law = law  # the mean: the bootstrap world's true law
+        codes = trunk_codes(runs)
+        if codes is None:
+            raise WxscaleError("the trunk-residual bootstrap needs a trunk_id column (continual-training sweeps)")
+        self.codes, self.fitted = codes, np.asarray(fitted_log_loss, float)
+        G, n = int(codes.max() + 1), len(runs)
+        r = np.log(runs["val_loss"].to_numpy(float)) - self.fitted
+        u = np.bincount(codes, weights=r, minlength=G) / np.bincount(codes, minlength=G)
+        e = r - u[codes]
+        self.u = (u - u.mean()) * math.sqrt(G / max(G - 2, 1))
+        self.e = (e - e.mean()) * math.sqrt(n / max(n - G - 2, 1))
+        self.n_units = G
+
+    def losses(self, rng: np.random.Generator) -> np.ndarray:
+        G, n = self.u.size, self.e.size
+        return np.exp(self.fitted + self.u[rng.integers(0, G, G)][self.codes] + self.e[rng.integers(0, n, n)])
+
+
+def make_resampler(runs: pd.DataFrame, bootstrap: str, by_budget: bool,
+                   law: ParametricFit | None = None) -> tuple[Resampler | TrunkResidualResampler, list[str]]:
+    """The bootstrap scheme for ``runs`` and notes on the choice.
+
+    ``auto`` without trunks: single runs. With trunks: for Approach 2 (``by_budget``) the trunks' residuals on
+    the fixed design (whole trunks drawn with replacement leave most replicates without an IsoFLOP vertex), for
+    Approach 3 whole trunks with their branches (the residuals of a 5-parameter law over 5 trunks keep too
+    little of the trunks' spread; measured with :mod:`wxscale.study.calibrate`).
+    """
+    if bootstrap not in BOOTSTRAPS:
+        raise WxscaleError(f"--bootstrap must be one of {', '.join(BOOTSTRAPS)}, got {bootstrap!r}")
+    has_trunks = trunk_codes(runs) is not None
+    if bootstrap == "auto" and has_trunks:
+        bootstrap = "auto-residual" if by_budget else "trunk"
+    if bootstrap == "run" or (bootstrap == "auto" and not has_trunks):
+        return Resampler(runs.drop(columns=["trunk_id"], errors="ignore"), by_budget), []
+    if not has_trunks:
+        raise WxscaleError(f"--bootstrap {bootstrap} needs a trunk_id column; these runs have none (use run)")
+    if bootstrap == "trunk":
+        return Resampler(runs, by_budget), []
+    notes = []
+    if law is None and len(runs) >= MIN_POINTS_PARAMETRIC:
+        N, D, L = (runs[c].to_numpy(float) for c in ("params", "samples", "val_loss"))
+        law = parametric_fit(N, D, L, n_starts=16)
+    if law is not None and law.converged:
+        fitted = np.log(law.loss(runs["params"].to_numpy(float), runs["samples"].to_numpy(float)))
+        return TrunkResidualResampler(runs, fitted, law), notes
+    if bootstrap == "trunk-residual":  # asked for explicitly: no silent fallback
+        raise WxscaleError("--bootstrap trunk-residual needs the parametric law (Approach 3) to fit the runs, "
+                           f"and it does not ({law.message if law else 'too few runs'}); use --bootstrap trunk")
+    notes.append("bootstrap: the parametric law does not fit these runs, so whole trunks are resampled instead of "
+                 "their residuals (expect many unusable replicates with few trunks)")
+    return Resampler(runs, by_budget), notes
+
+
+def law_optima(law: ParametricFit, budgets: np.ndarray, flops_per_sample) -> np.ndarray:
+    """N_opt(C) of a parametric law along each budget's IsoFLOP line D = C / flops_per_sample(N), by a bounded
+    1-D search in log N (not the closed form: flops_per_sample need not be proportional to N)."""
+    from scipy.optimize import minimize_scalar
+
+    out = []
+    for c in np.atleast_1d(budgets):
+        res = minimize_scalar(lambda x, c=c: float(law.loss(np.exp(x), c / flops_per_sample(np.exp(x)))),
+                              bounds=(0.0, 50.0), method="bounded", options={"xatol": 1e-10})
+        out.append(float(np.exp(res.x)))
+    return np.array(out)
+
+
+def _reflect_around_world(law: ParametricFit, budgets: np.ndarray, good: np.ndarray, fps_at, point: pd.DataFrame,
+                          laws: dict, opt_boot: dict, law_boot: dict) -> None:
+    """Turn residual-bootstrap replicates into basic-bootstrap replicates (Davison & Hinkley 1997, eq. 5.6).
+
+    The replicates are drawn from a known world, the mean law, whose own optima and power laws are computed
+    exactly here. The spread of (replicate - world truth) stands in for (estimate - truth), bias included: a
+    parabola through a few sizes misplaces the vertex (Czech et al. 2026, arXiv 2603.22339). Each replicate v
+    becomes estimate - (v - truth) (in log for positive quantities), so its percentiles give the basic interval
+    and predictions made from the replicates stay consistent with it. In place.
+    """
+    n_w = law_optima(law, budgets, fps_at)
+    world = {"n_opt": n_w, "d_opt": budgets / fps_at(n_w), "l_opt": law.loss(n_w, budgets / fps_at(n_w))}
+    for q, v in opt_boot.items():
+        est = point[q].to_numpy(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v[:] = est * world[q] / v  # log est - (log v - log world)
+    world_laws = _power_laws(budgets[good], {q: world[q][good] for q in world})
+    for q, rep in law_boot.items():
+        (k, a), (k_w, a_w) = laws[q], world_laws[q]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rep[:, 0] = k * k_w / rep[:, 0]
+        rep[:, 1] = a - (rep[:, 1] - a_w)
+
+
 def isoflop_fit(runs: pd.DataFrame, n_bootstrap: int = 200, level: float = 0.95, seed: int = 0,
-                min_budgets: int = MIN_BUDGETS, progress: bool = False) -> FitResult:
+                min_budgets: int = MIN_BUDGETS, progress: bool = False, bootstrap: str = "auto",
+                law: ParametricFit | None = None) -> FitResult:
     """Approach 2: per-budget optima (isoflop.csv) and the power laws N_opt, D_opt, L_opt in C (fits.csv).
 
     Budgets with no interior minimum stay in the table (``interior = False``, optimum NaN, a ``note`` saying
     why) and out of the laws. Raises :class:`WxscaleError` when fewer than ``min_budgets`` budgets have one.
+    ``bootstrap`` picks the scheme (:func:`make_resampler`); ``law`` is a parametric fit of the same runs to
+    reuse as the residual bootstrap's mean.
     """
     runs = check_runs(runs)
     if not 0 < level < 1:
@@ -316,12 +501,12 @@ def isoflop_fit(runs: pd.DataFrame, n_bootstrap: int = 200, level: float = 0.95,
             f"of {len(budgets)} budgets ({len(runs)} runs). {why}")
     laws = _power_laws(budgets[good], {q: point[q].to_numpy()[good] for q in ("n_opt", "d_opt", "l_opt")})
 
-    # Bootstrap: resample runs within each budget, redo the optima and the laws over the budgets that keep an
-    # interior minimum (a budget whose resampled vertex leaves the sampled range is not extrapolated either).
+    # Bootstrap: resample trunks (or runs within each budget), redo the optima and the laws over the budgets that
+    # keep an interior minimum (a budget whose resampled vertex leaves the sampled range is not extrapolated).
     rng = np.random.default_rng(seed)
+    resampler, boot_notes = make_resampler(runs, bootstrap, by_budget=True, law=law)
     c_all, n_all, l_all = (runs[k].to_numpy(float) for k in ("budget_flops", "params", "val_loss"))
     groups = [np.flatnonzero(c_all == c) for c in budgets]
-    x_range = [(np.log10(n_all[g]).min(), np.log10(n_all[g]).max()) for g in groups]
     fps_at = flops_per_sample_fn(runs)
     opt_boot = {q: np.full((n_bootstrap, len(budgets)), np.nan) for q in ("n_opt", "d_opt", "l_opt")}
     law_boot = {q: np.full((n_bootstrap, 2), np.nan) for q in laws}
@@ -331,28 +516,40 @@ def isoflop_fit(runs: pd.DataFrame, n_bootstrap: int = 200, level: float = 0.95,
         iterator = tqdm(iterator, desc="bootstrap (Approach 2)", unit="fit")
     with _one_blas_thread():
         for r in iterator:
+            if isinstance(resampler, TrunkResidualResampler):
+                w, l_rep = np.ones_like(l_all), resampler.losses(rng)
+            else:
+                w, l_rep = resampler.weights(rng), l_all
             for j, g in enumerate(groups):
                 if good[j]:
-                    idx = _resample_within_budget(g, n_all, rng)
-                    x_opt, l_opt = _vertex(np.log10(n_all[idx]), l_all[idx], *x_range[j])
+                    x_opt, l_opt = _vertex(np.log10(n_all[g]), l_rep[g], w=w[g])
                     opt_boot["n_opt"][r, j], opt_boot["l_opt"][r, j] = 10**x_opt, l_opt
             opt_boot["d_opt"][r] = budgets / fps_at(opt_boot["n_opt"][r])
             use = np.isfinite(opt_boot["n_opt"][r])
             if use.sum() >= min_budgets:  # the budgets whose minimum is interior in the data and this replicate
                 for q, kv in _power_laws(budgets[use], {q: v[r, use] for q, v in opt_boot.items()}).items():
                     law_boot[q][r] = kv
+    notes = []
+    if isinstance(resampler, TrunkResidualResampler):
+        _reflect_around_world(resampler.law, budgets, good, fps_at, point, laws, opt_boot, law_boot)
+        notes.append("Approach 2: intervals are basic bootstrap intervals around the bootstrap world's own law, "
+                     "which corrects the IsoFLOP parabolas' bias")
     iso = point.copy()
     for q in opt_boot:
         lo_hi = [percentile_interval(opt_boot[q][:, j], level) if good[j] else (math.nan, math.nan)
                  for j in range(len(budgets))]
         iso[f"{q}_lo"], iso[f"{q}_hi"] = [v[0] for v in lo_hi], [v[1] for v in lo_hi]
     iso = iso[ISOFLOP_COLUMNS]
-    notes = [f"Approach 2: C={r.budget_flops:.3g} left out: {r.note}" for r in iso.itertuples() if not r.interior]
+    notes += [f"Approach 2: C={r.budget_flops:.3g} left out: {r.note}" for r in iso.itertuples() if not r.interior]
     n_ok = int(np.isfinite(law_boot["n_opt"][:, 1]).sum())
-    if n_bootstrap and n_ok < n_bootstrap / 2:
-        notes.append(f"Approach 2: only {n_ok}/{n_bootstrap} bootstrap replicates kept {min_budgets} budgets with "
-                     "an interior minimum; intervals are unreliable (more sizes per budget, centred on the "
-                     "optimum, help)")
+    notes += boot_notes
+    notes.append(f"Approach 2: bootstrap resampled {resampler.kind}s ({resampler.n_units}); {n_ok}/{n_bootstrap} "
+                 "replicates usable")
+    if n_ok < n_bootstrap:
+        notes.append(f"Approach 2: {n_bootstrap - n_ok}/{n_bootstrap} bootstrap replicates kept fewer than "
+                     f"{min_budgets} budgets with an interior minimum; the intervals count them as lying beyond "
+                     "their ends (half each side), so they widen, and vanish (NaN) past "
+                     f"{100 * (1 - level):.0f} % unusable (more sizes per budget, centred on the optimum, help)")
     fits = pd.DataFrame(_law_rows("2", laws, law_boot, int(good.sum()), level, n_bootstrap), columns=FITS_COLUMNS)
     return FitResult(fits=fits, replicates=_replicate_rows("2", law_boot), isoflop=iso, level=level, notes=notes)
 
@@ -481,8 +678,8 @@ def parametric_fit(params: np.ndarray, samples: np.ndarray, loss: np.ndarray, we
 
     Without ``starts``, every point of a data-scaled grid (:func:`start_grid`, 3750 points) is scored at once
     and L-BFGS runs from the ``n_starts`` best. The result's ``converged`` says whether it may be reported;
-    ``message`` says why not. Bootstrap refits, warm-started from the full-data optimum, pass their ``starts``
-    and ``require_agreement=False``.
+    ``message`` says why not. Bootstrap refits pass their weights, a smaller ``n_starts`` and
+    ``require_agreement=False``.
     """
     log_n, log_d, log_l = np.log(params), np.log(samples), np.log(loss)
     w = np.ones_like(log_n) if weights is None else np.asarray(weights, float)
@@ -508,12 +705,15 @@ def flops_per_param_sample(runs: pd.DataFrame) -> tuple[float, float]:
 
 
 def parametric_law_fit(runs: pd.DataFrame, n_bootstrap: int = 200, level: float = 0.95, seed: int = 0,
-                       n_starts: int = 32, bootstrap_starts: int = 1, progress: bool = False) -> FitResult:
+                       n_starts: int = 32, bootstrap_starts: int = 4, progress: bool = False,
+                       bootstrap: str = "auto") -> FitResult:
     """Approach 3 with bootstrap intervals: rows E, A, B, alpha, beta, G, c and the laws n_opt, d_opt.
 
     The allocation uses C = c N D with c from :func:`flops_per_param_sample` (6 for Chinchilla's tokens).
-    Each bootstrap replicate refits from the full-data optimum plus the ``bootstrap_starts`` best grid points
-    of the full data; replicates that do not converge are dropped and counted (``n_bootstrap_ok``).
+    Each bootstrap replicate (whole trunks when the runs have ``trunk_id``, else single runs) is refitted from
+    scratch: its own start grid is scored on its own data and L-BFGS runs from the ``bootstrap_starts`` best
+    points, so no replicate is pulled toward the full-data optimum. Replicates that do not converge are counted
+    (``n_bootstrap_ok``) and widen the intervals (:func:`percentile_interval`).
     """
     runs = check_runs(runs, ("params", "samples", "flops_per_sample", "val_loss"))
     if not 0 < level < 1:
@@ -534,10 +734,9 @@ def parametric_law_fit(runs: pd.DataFrame, n_bootstrap: int = 200, level: float 
         notes.append(f"Approach 3: flops_per_sample / N varies by up to {spread:.0%} around c={c:.3g}; "
                      "the closed-form allocation C = c N D is approximate")
 
-    log_args = (np.log(N), np.log(D), np.log(L), np.ones(n), HUBER_DELTA)
-    with _one_blas_thread():
-        boot_starts = np.vstack([_theta(best), _screen(start_grid(*log_args[:3]), *log_args, keep=bootstrap_starts)])
     rng = np.random.default_rng(seed)
+    resampler, boot_notes = make_resampler(runs, bootstrap, by_budget=False, law=best)
+    notes += boot_notes
     names = ["E", "A", "B", "alpha", "beta", "G", "n_opt_a", "d_opt_b"]
     boot = np.full((n_bootstrap, len(names)), np.nan)
     iterator = range(n_bootstrap)
@@ -545,14 +744,24 @@ def parametric_law_fit(runs: pd.DataFrame, n_bootstrap: int = 200, level: float 
         from tqdm import tqdm
         iterator = tqdm(iterator, desc="bootstrap (Approach 3)", unit="fit")
     for r in iterator:
-        counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(float)
-        fit = parametric_fit(N, D, L, weights=counts, starts=boot_starts, require_agreement=False)
+        if isinstance(resampler, TrunkResidualResampler):
+            w, l_rep = np.ones(n), resampler.losses(rng)
+        else:
+            w, l_rep = resampler.weights(rng), L
+        keep = w > 0
+        if np.unique(N[keep]).size < 2 or np.unique(D[keep]).size < 2:
+            continue  # the draw cannot determine the law: an unusable replicate
+        fit = parametric_fit(N[keep], D[keep], l_rep[keep], weights=w[keep], n_starts=bootstrap_starts,
+                             require_agreement=False)
         if fit.converged:
             boot[r] = [fit.E, fit.A, fit.B, fit.alpha, fit.beta, *fit.allocation()]
     ok = int(np.isfinite(boot[:, 0]).sum())
     if n_bootstrap and ok < n_bootstrap / 2:
         raise WxscaleError(f"Approach 3: only {ok} of {n_bootstrap} bootstrap refits converged; the law is not "
                            "determined by these runs (no parametric law is reported)")
+    notes.append(f"Approach 3: bootstrap resampled {resampler.kind}s ({resampler.n_units}); {ok}/{n_bootstrap} "
+                 "replicates usable" + ("" if ok == n_bootstrap else
+                                        " (the others count as lying beyond the intervals' ends, half each side)"))
 
     G, a, b = best.allocation()
     point = dict(zip(names, [best.E, best.A, best.B, best.alpha, best.beta, G, a, b]))
@@ -579,7 +788,7 @@ def parametric_law_fit(runs: pd.DataFrame, n_bootstrap: int = 200, level: float 
 # ------------------------------------------------------------------------------------------ both, predict
 
 def fit_scaling(runs: pd.DataFrame, approach: str = "both", n_bootstrap: int = 200, level: float = 0.95,
-                seed: int = 0, progress: bool = False) -> FitResult:
+                seed: int = 0, progress: bool = False, bootstrap: str = "auto") -> FitResult:
     """Approach 2 and/or 3 ("2", "3", "both"). With "both", an approach that cannot be fitted is recorded in
     ``errors`` (and not reported) while the other's results are kept; if none can be fitted, the first error
     is raised."""
@@ -592,7 +801,8 @@ def fit_scaling(runs: pd.DataFrame, approach: str = "both", n_bootstrap: int = 2
     for a in wanted:
         fn = isoflop_fit if a == "2" else parametric_law_fit
         try:
-            parts.append(fn(runs, n_bootstrap=n_bootstrap, level=level, seed=seed, progress=progress))
+            parts.append(fn(runs, n_bootstrap=n_bootstrap, level=level, seed=seed, progress=progress,
+                            bootstrap=bootstrap))
         except WxscaleError as err:
             if len(wanted) == 1:
                 raise

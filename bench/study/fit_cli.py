@@ -9,6 +9,12 @@ Foreign tables: --columns maps our column names to theirs, --flops-per-param fil
 --preset chinchilla does all three for Epoch AI's points from Hoffmann et al. 2022 Fig. 4
 (`Model Size`, `Training FLOP`, `loss`; D = C / 6N; budgets rounded to 0.1 dex; the 5 runs with the fewest
 tokens per parameter dropped, as Besiroglu et al. 2024 do).
+
+Intervals: --bootstrap auto resamples by trunk when runs.csv has trunk_id (branches share their trunk's noise),
+and by run otherwise; the terminal and fits.csv (n_bootstrap_ok) say how many replicates were usable.
+`wxscale fit --calibrate --out DIR` checks the intervals instead: many synthetic studies of a known law on a
+sweep's grid (default: the demo's), reporting coverage and median width (wxscale.study.calibrate).
+Per channel and lead time: `wxscale fit channels SWEEP` (wxscale.evaluation.channel_laws).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ FIT_OUTPUTS = ("isoflop.csv", "fits.csv", "fits_bootstrap.csv", "predictions.csv
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="DIR_OR_RUNS_CSV", help="sweep dir holding runs.csv, or a CSV file")
+    parser.add_argument("source", metavar="DIR_OR_RUNS_CSV", nargs="?", default=None,
+                        help="sweep dir holding runs.csv, or a CSV file (not with --calibrate)")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default DIR/fit; required for a CSV)")
     parser.add_argument("--approach", choices=["2", "3", "both"], default="both",
                         help="2: IsoFLOP profiles, 3: parametric law L = E + A/N^a + B/D^b (default both)")
@@ -49,6 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=["chinchilla"], default=None,
                         help="chinchilla: read Epoch AI's svg_extracted_data.csv as described above")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    parser.add_argument("--bootstrap", choices=F.BOOTSTRAPS, default="auto",
+                        help="resampling: auto (default: by trunk when runs.csv has trunk_id, else by run), "
+                             "trunk-residual (the trunks' shared noise on the fixed design), trunk (whole trunks "
+                             "with their branches), run (single runs)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="instead of fitting DIR: fit many synthetic studies of a known law and report how "
+                             "often the intervals cover it (wxscale.study.calibrate; needs --out)")
+    from wxscale.study.calibrate import add_calibration_arguments
+
+    add_calibration_arguments(parser, with_shared=False)
 
 
 def parse_columns(text: str | None) -> dict[str, str]:
@@ -179,11 +196,19 @@ def held_out(runs: pd.DataFrame, source: Path) -> tuple[pd.DataFrame, pd.DataFra
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.calibrate:
+        from wxscale.study.calibrate import run_calibration
+
+        if args.out is None or args.source is not None:
+            raise WxscaleError("--calibrate draws its own studies: give --out DIR and no DIR_OR_RUNS_CSV")
+        return run_calibration(args)
+    if args.source is None:
+        raise WxscaleError("give DIR_OR_RUNS_CSV (a sweep dir or a runs CSV), or --calibrate --out DIR")
     runs, out = load_input(args)
     ensure_writable_dir(out, "--out")
     runs, validation = held_out(runs, Path(args.source))
     result = F.fit_scaling(runs, approach=args.approach, n_bootstrap=args.n_bootstrap, level=args.level,
-                           seed=args.seed, progress=True)
+                           seed=args.seed, progress=True, bootstrap=args.bootstrap)
     written = F.write_fit(result, out)
     predictions = None
     if args.predict:

@@ -60,7 +60,8 @@ class SweepSpec:
     max_steps: int = 100_000
     cooldown_fraction: float = 0.2  # of each branch's samples (Hagele et al. 2024: 10-20 % matches cosine)
     cooldown_shape: str = "1-sqrt"
-    rollout_steps: int = 1
+    rollout_steps: int = 1  # the base config's loss.rollout_steps: rollout k trains k steps per sample
+    warmup_samples: int = 0  # the base config's schedule.warmup_samples: no branch may start inside it
     model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset: str | None = None
 
@@ -83,13 +84,17 @@ class SweepSpec:
 
 def size_costs(spec: SweepSpec) -> pd.DataFrame:
     """Parameters and training FLOPs per sample of each candidate size on the spec's grid (analytic counts), with
-    the patch and window the ladder fits to that grid (as the trainer will)."""
+    the patch and window the ladder fits to that grid (as the trainer will).
+
+    FLOPs per sample include the rollout: with ``rollout_steps`` k, one sample trains k autoregressive steps,
+    so it costs k times a one-step sample. It is the same count the trainer spends (``model_flops`` with the
+    config's ``loss.rollout_steps``), so a budget is the FLOPs a branch actually uses."""
     from wxscale.model import model_flops, resolve_config
 
     rows = []
     for name in spec.sizes:
         cfg = resolve_config(name, spec.model_overrides or None, grid=spec.grid)
-        f = model_flops(cfg, spec.grid, spec.channels, rollout_steps=1)
+        f = model_flops(cfg, spec.grid, spec.channels, rollout_steps=int(spec.rollout_steps))
         rows.append({"size": name, "params": f.params, "flops_per_sample": f.train_flops_per_sample,
                      "patch": cfg.patch, "window": f"{cfg.window[0]}x{cfg.window[1]}"})
     return pd.DataFrame(rows)
@@ -116,7 +121,8 @@ def plan_sweep(spec: SweepSpec, lr: float | dict[str, float] | None = None,
     costs = size_costs(spec)
     b = spec.global_batch
     rows = []
-    for budget in spec.budgets:
+    budget_names = budget_labels(spec.budgets)
+    for budget, budget_name in zip(spec.budgets, budget_names):
         n_fit = 0
         for c in costs.itertuples():
             # Whole global batches only, so a branch ends exactly at its sample count.
@@ -126,14 +132,21 @@ def plan_sweep(spec: SweepSpec, lr: float | dict[str, float] | None = None,
             n_fit += 1
             samples = steps * b
             cooldown_steps = max(1, round(spec.cooldown_fraction * steps))
+            branch_from = samples - cooldown_steps * b
+            if branch_from < spec.warmup_samples:
+                raise WxscaleError(
+                    f"budget {budget:.4g} FLOPs, size {c.size}: the branch would start at {branch_from} samples, "
+                    f"inside the warmup ({spec.warmup_samples} samples of schedule.warmup_samples), so its "
+                    "cooldown would begin before the learning rate is reached; raise the budget or --min-steps, "
+                    "drop the size, or shorten the warmup in --train-config")
             rows.append({
-                "run_id": f"C{budget:.3g}_{c.size}".replace("+", ""),
+                "run_id": f"C{budget_name}_{c.size}",
                 "trunk_id": f"trunk_{c.size}",
                 "budget_flops": float(budget),
                 "params": int(c.params),
                 "flops_per_sample": int(c.flops_per_sample),
                 "samples": int(samples),
-                "branch_from_samples": int(samples - cooldown_steps * b),
+                "branch_from_samples": int(branch_from),
                 "cooldown_samples": int(cooldown_steps * b),
                 "schedule": f"wsd-{spec.cooldown_shape}",
                 "size": c.size,
@@ -151,20 +164,27 @@ def plan_sweep(spec: SweepSpec, lr: float | dict[str, float] | None = None,
                 f"(steps per size: {need}); change the budget, the sizes or the step limits"
             )
     plan = pd.DataFrame(rows)
-    trunk_samples = plan.groupby("trunk_id").agg(to=("branch_from_samples", "max"), fps=("flops_per_sample", "first"))
-    # in float: samples x FLOPs per sample passes int64's 9.2e18 at the seed paper's budgets (1e19 and up)
-    fps = plan["flops_per_sample"].astype(float)
-    continual = float((trunk_samples["to"] * trunk_samples["fps"].astype(float)).sum()
-                      + (plan["cooldown_samples"] * fps).sum() * spec.rollout_steps)
-    independent = float((plan["samples"] * fps).sum())
+    continual = continual_flops(plan)
+    # In float: samples x FLOPs per sample passes int64's 9.2e18 at the seed paper's budgets (1e19 and up).
+    independent = float((plan["samples"] * plan["flops_per_sample"].astype(float)).sum())
     summary = {
         "n_branches": len(plan),
-        "n_trunks": len(trunk_samples),
+        "n_trunks": int(plan["trunk_id"].nunique()),
         "continual_flops": continual,
         "independent_flops": independent,
         "saved_fraction": 1 - continual / independent,
     }
     return plan, summary
+
+
+def budget_labels(budgets: list[float]) -> list[str]:
+    """Distinct short names of strictly increasing budgets: the fewest significant digits (3 or more) that
+    tell every budget apart, so 1e12 and 1.004e12 become "1e12" and "1.004e12" (run ids must be unique)."""
+    for digits in range(3, 18):
+        names = [f"{b:.{digits}g}".replace("+", "") for b in budgets]
+        if len(set(names)) == len(names):
+            return names
+    return [repr(float(b)) for b in budgets]  # distinct floats always have distinct reprs
 
 
 def trunks_of(plan: pd.DataFrame) -> pd.DataFrame:
@@ -205,11 +225,12 @@ def repetition_warnings(plan: pd.DataFrame, max_epochs: float = MAX_EPOCHS) -> l
     return lines
 
 
-def continual_flops(plan: pd.DataFrame, rollout_steps: int = 1) -> float:
-    """Training FLOPs of the whole plan with continual training: each trunk once (from its start), plus cooldowns."""
+def continual_flops(plan: pd.DataFrame) -> float:
+    """Training FLOPs of the whole plan with continual training: each trunk once (from its start), plus cooldowns.
+    FLOPs per sample already hold the rollout steps (:func:`size_costs`)."""
     t = trunks_of(plan)
-    trunk = float(((t["samples"] - t["start_samples"]) * t["flops_per_sample"]).sum())
-    return trunk + float((plan["cooldown_samples"] * plan["flops_per_sample"]).sum()) * rollout_steps
+    trunk = float(((t["samples"] - t["start_samples"]) * t["flops_per_sample"].astype(float)).sum())
+    return trunk + float((plan["cooldown_samples"] * plan["flops_per_sample"].astype(float)).sum())
 
 
 def write_plan(out: Path, spec: SweepSpec, plan: pd.DataFrame, summary: dict[str, float], base: dict,
@@ -332,8 +353,8 @@ def update_plan(sweep_dir: Path, plan: pd.DataFrame, spec: SweepSpec | None = No
     spec_d = dataclasses.asdict(spec)
     spec_d["grid"] = list(spec.grid)
     meta.update(spec=spec_d, plan_hash=hashlib.sha256((plan_hash(plan) + base_text).encode()).hexdigest()[:16])
-    continual = continual_flops(plan, spec.rollout_steps)
-    independent = float((plan["samples"] * plan["flops_per_sample"]).sum())
+    continual = continual_flops(plan)
+    independent = float((plan["samples"] * plan["flops_per_sample"].astype(float)).sum())
     meta.setdefault("summary", {}).update(n_branches=len(plan), n_trunks=int(plan["trunk_id"].nunique()),
                                           continual_flops=continual, independent_flops=independent,
                                           saved_fraction=1 - continual / independent)
@@ -478,12 +499,18 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(base, dict):
         raise WxscaleError(f"--train-config {args.train_config}: expected a mapping of config sections")
     base.setdefault("data", {})["dataset"] = str(args.dataset.resolve())
+    rollout_steps = (base.get("loss") or {}).get("rollout_steps", 1)
+    warmup_samples = (base.get("schedule") or {}).get("warmup_samples", 0)
+    if not isinstance(rollout_steps, int) or rollout_steps < 1:
+        raise WxscaleError(f"--train-config {args.train_config}: loss.rollout_steps={rollout_steps!r} must be an "
+                           "integer >= 1")
     spec = SweepSpec(
         budgets=args.budgets, sizes=parse_sizes(args.sizes), grid=tuple(meta.grid), channels=meta.n_channels,
         global_batch=args.global_batch, min_steps=args.min_steps, max_steps=args.max_steps,
         cooldown_fraction=args.cooldown_fraction, cooldown_shape=args.cooldown_shape,
         model_overrides=parse_overrides(args.model),
         dataset=str(args.dataset.resolve()),
+        rollout_steps=rollout_steps, warmup_samples=int(warmup_samples or 0),
     )
     plan, summary = plan_sweep(spec, lr=base_lr(base))
     validate_base_config(base, spec, plan, f"--train-config {args.train_config}")

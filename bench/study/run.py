@@ -5,8 +5,10 @@ Executors:
   :mod:`wxscale.study.preloaded`), ``--jobs`` at a time, each with its share of the cores; a branch starts as soon
   as its trunk is complete. Every run is started with ``--resume``, so an interrupted trunk continues from its last
   checkpoint and a finished run is never run again.
-- ``slurm``: one sbatch job per run from ``submit/sweep.sbatch`` (or ``--template``); branches depend on their
-  trunk's job with ``--dependency=afterok``. Run ``wxscale sweep status DIR`` to follow and collect.
+- ``slurm``: one sbatch job per run from ``submit/sweep.sbatch`` (or ``--template``); a branch depends on its
+  trunk's job with ``--dependency=afterok`` whenever the trunk is not complete (also a trunk an earlier call
+  submitted and Slurm still holds); a branch of a failed trunk is reported blocked, not submitted. Run
+  ``wxscale sweep status DIR`` to follow and collect.
 
 A failed run is recorded (its summary.json says why) and not retried unless ``--retry-failed`` is given; the
 branches of a trunk that did not complete are reported 'blocked' and the command exits 1. SIGTERM (or Ctrl-C) to
@@ -38,6 +40,7 @@ from wxscale.study.preloaded import ForkedRun, start_train
 from wxscale.study.sweep import (
     branch_config,
     collect_runs,
+    launch_info,
     load_base,
     mark_launched,
     run_state,
@@ -254,7 +257,13 @@ class SweepStopped(WxscaleError):
 
 def run_slurm(sweep_dir: Path, template: str, params: dict[str, str], retry_failed: bool = False,
               dry_run: bool = False) -> dict[str, str]:
-    """Submit one job per unfinished run; branches wait on their trunk (afterok). Returns run_id -> job id."""
+    """Submit one job per unfinished run; returns run_id -> job id, or "blocked" for a branch not submitted.
+
+    A branch waits (``--dependency=afterok``) on its trunk's job whenever the trunk is not complete: the job
+    submitted in this call, or the one an earlier call submitted that is still queued or running (its id is
+    read from the trunk's launch record). A branch whose trunk failed (and is not retried) is not submitted:
+    it could never start; it is reported as blocked.
+    """
     from wxscale.submit import afterok, render_template, submit_script
 
     configs = write_run_configs(sweep_dir)
@@ -262,6 +271,7 @@ def run_slurm(sweep_dir: Path, template: str, params: dict[str, str], retry_fail
     table = sweep_table(sweep_dir)
     states = dict(zip(table["run_id"], table["state"]))
     jobs: dict[str, str] = {}
+    blocked: dict[str, str] = {}
     params = {"data_dir": spec.dataset, **params}  # the container must see the dataset the plan was made for
     for row in table.itertuples():
         if states[row.run_id] in ("complete", "running", "queued"):
@@ -269,10 +279,23 @@ def run_slurm(sweep_dir: Path, template: str, params: dict[str, str], retry_fail
         if states[row.run_id] == "failed" and not retry_failed:
             continue
         run_dir = runs_dir(sweep_dir) / row.run_id
+        dependency, after = None, None
+        if row.depends_on:
+            trunk_state = states[row.depends_on]
+            if row.depends_on in jobs:  # submitted just now
+                after = jobs[row.depends_on]
+            elif trunk_state in ("queued", "running"):  # submitted by an earlier call, not finished
+                after = str(launch_info(runs_dir(sweep_dir) / row.depends_on).get("job_id") or "")
+                if not after:
+                    blocked[row.run_id] = f"trunk {row.depends_on} is {trunk_state} but has no recorded Slurm job"
+                    continue
+            elif trunk_state != "complete":  # failed (not retried), or otherwise not submittable
+                blocked[row.run_id] = f"trunk {row.depends_on} is {trunk_state}"
+                continue
+            dependency = afterok(after) if after else None
         text = render_template(template, {**params, "sweep_dir": str(Path(sweep_dir).resolve()),
                                           "run_id": row.run_id, "config": str(configs[row.run_id].resolve()),
                                           "run_dir": str(run_dir.resolve())})
-        dependency = afterok(jobs[row.depends_on]) if row.depends_on in jobs else None
         if dry_run:
             print(f"# --- {row.run_id}" + (f" (after {row.depends_on})" if dependency else ""))
             print(text)
@@ -281,7 +304,12 @@ def run_slurm(sweep_dir: Path, template: str, params: dict[str, str], retry_fail
         job_id = submit_script(text, dependency=dependency)
         mark_launched(run_dir, executor="slurm", job_id=job_id)
         jobs[row.run_id] = job_id
-        print(f"submitted {row.run_id} as job {job_id}" + (f" after {row.depends_on}" if dependency else ""))
+        print(f"submitted {row.run_id} as job {job_id}"
+              + (f" after {row.depends_on} (job {after})" if dependency else ""))
+    for run_id, why in blocked.items():
+        print(f"blocked {run_id}: not submitted, {why} (see `wxscale sweep status`; --retry-failed reruns it)",
+              file=sys.stderr)
+        jobs[run_id] = "blocked"
     return jobs
 
 
@@ -320,5 +348,5 @@ def run(args: argparse.Namespace) -> int:
             raise WxscaleError(f"--param {item!r}: expected NAME=VALUE")
         k, v = item.split("=", 1)
         params[k] = v
-    run_slurm(args.sweep_dir, args.template, params, retry_failed=args.retry_failed, dry_run=args.dry_run)
-    return 0
+    jobs = run_slurm(args.sweep_dir, args.template, params, retry_failed=args.retry_failed, dry_run=args.dry_run)
+    return 1 if "blocked" in jobs.values() else 0

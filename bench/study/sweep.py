@@ -152,6 +152,15 @@ def slurm_job_alive(job_id: str | None) -> bool:
     return out.returncode == 0 and out.stdout.strip() in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")
 
 
+def launch_info(run_dir: Path) -> dict:
+    """What :func:`mark_launched` recorded for a run (executor, host, pid or Slurm job_id); {} when nothing."""
+    mark = Path(run_dir) / LAUNCH_MARK
+    try:
+        return json.loads(mark.read_text()) if mark.is_file() else {}
+    except ValueError:
+        return {}
+
+
 def mark_launched(run_dir: Path, **info: object) -> None:
 
     run_dir.mkdir(parents=True, exist_ok=True)
