@@ -1,4 +1,5 @@
-"""The demo's orchestration end to end, on a tiny dataset in place of the simulated one (reused as the demo does)."""
+"""The demo's orchestration end to end, on a tiny dataset in place of the simulated one (reused as the demo does):
+LR scan, sweep, extend, fit, held-out validation, evaluation and report, then a rerun that trains nothing."""
 
 from __future__ import annotations
 
@@ -11,33 +12,43 @@ from tests.train_utils import write_sweep_base
 from wxscale.cli import main as cli
 
 
-def test_demo_runs_every_stage_and_reuses_work(tmp_path: Path, capsys):
+def test_demo_runs_every_stage_fits_and_reuses_work(tmp_path: Path, capsys):
     out = tmp_path / "demo"
-    make_tiny_dataset(out / "data" / "swe", n_steps=160)
-    base = tmp_path / "base.yaml"
-    write_sweep_base(base)
-    args = ["demo", "--out", str(out), "--budgets", "2e8,4e8,8e8", "--sizes", "s0,s1", "--global-batch", "8",
-            "--min-steps", "2", "--max-steps", "1000", "--jobs", "2", "--n-bootstrap", "10",
+    make_tiny_dataset(out / "data" / "swe", n_steps=320)
+    base = write_sweep_base(tmp_path / "base.yaml")
+    args = ["demo", "--out", str(out), "--budgets", "2e8,4e8,8e8,1.6e9", "--sizes", "s-2:s2", "--global-batch", "8",
+            "--min-steps", "4", "--max-steps", "1000", "--jobs", "2", "--n-bootstrap", "20",
             "--model", "patch=2", "--model", "window=[2, 4]", "--train-config", str(base)]
     rc = cli(args)
-    captured = capsys.readouterr()
-    text = captured.out
-    # Two sizes per budget cannot give an interior minimum and 6 runs are too few for the parametric law: the fit
-    # refuses (exit 2) and says why for each approach; every other stage still ran and the summary reports the
-    # continual-training savings. (A tiny sweep that fits both approaches takes 9-14 minutes here: see the
-    # closing notes of issue 14.)
-    assert rc == 2
-    assert "a parabola needs at least 3" in text + captured.err
-    assert "Approach 3 needs at least 8 runs" in text + captured.err
-    assert "reusing" in text and "% saved" in text
-    runs = pd.read_csv(out / "sweep" / "runs.csv")
-    assert len(runs) == 6 and (runs["status"] == "complete").all()
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    sweep = out / "sweep"
+    # The LR scan chose a rate per size, and the sweep's runs trained at it.
+    choice = pd.read_csv(sweep / "lr_choice.csv")
+    runs = pd.read_csv(sweep / "runs.csv")
+    assert set(choice["size"]) == {"s-2", "s-1", "s0", "s1", "s2"}
+    rates = dict(zip(choice["size"], choice["lr"]))
+    assert all(abs(r.lr - rates[r.size]) < 1e-12 for r in runs.itertuples())
+    assert (runs["status"] == "complete").all() and "epochs" in runs
+    # The fit: IsoFLOP minima at >= 3 budgets, so both approaches give laws.
+    iso = pd.read_csv(out / "fit" / "isoflop.csv")
+    assert iso["interior"].sum() >= 3
+    fits = pd.read_csv(out / "fit" / "fits.csv")
+    for approach, quantity in (("2", "n_opt"), ("2", "l_opt"), ("3", "alpha"), ("3", "beta")):
+        row = fits[(fits["approach"].astype(str) == approach) & (fits["quantity"] == quantity)]
+        assert len(row) == 1, (approach, quantity)
+    # The held-out budget (2x the largest) was run and compared with the prediction, and left out of the fit.
+    validation = pd.read_csv(sweep / "validation" / "validation.csv")
+    assert (validation["budget_flops"] == 3.2e9).all() and validation["l_rel_error"].notna().all()
+    assert (runs.loc[runs["budget_flops"] == 3.2e9, "role"] == "validation").all()
     assert (out / "eval" / "rmse.csv").is_file()
-    report = (out / "report.md").read_text()
-    assert "runs.csv" in report and "plan.csv" in report
+    first_screen = (out / "report.md").read_text().split("## Figures", 1)[0]
+    assert "N_opt = " in first_screen and "interior minimum" in first_screen
+    assert "Held-out budget" in first_screen and "% saved" in text
 
     # Run again: the finished runs are kept, not trained again.
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "sweep" / "runs").glob("*/summary.json")}
-    assert len(stamps) == 8  # 2 trunks + 6 branches
-    cli(args)
+    stamps = {p: p.stat().st_mtime_ns for p in (sweep / "runs").glob("*/summary.json")}
+    assert len(stamps) >= len(runs) + runs["trunk_id"].nunique()  # every branch and every trunk finished
+    assert cli(args) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert "reusing the plan" in capsys.readouterr().out

@@ -4,6 +4,7 @@ payloads, truncated checkpoints, damaged pointers, hostile template values run u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -439,24 +440,32 @@ def test_sweep_run_with_dataset_gone_fails_and_blocks_without_hanging(small_data
     assert status.returncode == 1 and "failed" in status.stdout
 
 
-def test_sigterm_to_sweep_run_stops_trainers_at_a_checkpoint(small_data, tmp_path):
-    sw = tmp_path / "sw"
-    assert _plan(small_data, sw, "2e10,4e10") == 0  # a trunk of ~2900 steps: minutes on this machine
-    trunk = sw / "runs" / "trunk_s0"
+@contextlib.contextmanager
+def _sweep_at_first_checkpoint(sw: Path, trunk: Path):
+    """`wxscale sweep run SW` as a process, handed over once the trunk has written its first checkpoint (killed on
+    the way out if the test left it running)."""
     proc = subprocess.Popen([sys.executable, "-m", "wxscale.cli", "sweep", "run", str(sw), "--threads", "1"],
                             cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        # a rolling checkpoint long before the trunk's first branch point (~1440 steps)
         while latest_checkpoint(trunk) is None and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.02)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sigterm_to_sweep_run_stops_trainers_at_a_checkpoint(small_data, tmp_path):
+    sw = tmp_path / "sw"
+    assert _plan(small_data, sw, "2e10,4e10") == 0  # a trunk of ~2900 steps: minutes on this machine
+    trunk = sw / "runs" / "trunk_s0"
+    # a rolling checkpoint long before the trunk's first branch point (~1440 steps)
+    with _sweep_at_first_checkpoint(sw, trunk) as proc:
         assert latest_checkpoint(trunk) is not None and latest_checkpoint(trunk).name.startswith("step_")
         trainer_pid = json.loads((trunk / ".sweep_launch.json").read_text())["pid"]
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 3, err
     assert "stopped by SIGTERM" in err and "sweep run" in err
     with pytest.raises(ProcessLookupError):
@@ -476,17 +485,9 @@ def test_killed_trunk_resumes_from_its_rolling_checkpoint(small_data, tmp_path):
     sw = tmp_path / "sw"
     assert _plan(small_data, sw, "1.5e9") == 0  # one branch at ~134 steps, cut from the trunk at ~107
     trunk = sw / "runs" / "trunk_s0"
-    proc = subprocess.Popen([sys.executable, "-m", "wxscale.cli", "sweep", "run", str(sw), "--threads", "1"],
-                            cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while latest_checkpoint(trunk) is None and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with _sweep_at_first_checkpoint(sw, trunk) as proc:
         os.kill(json.loads((trunk / ".sweep_launch.json").read_text())["pid"], signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 1, err
     assert "trunk_s0 (killed by SIGKILL)" in err and "(blocked)" in err
     assert not (trunk / "summary.json").exists()

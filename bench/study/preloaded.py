@@ -13,6 +13,7 @@ rule the fork server out when debugging), as does a platform without the "forkse
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import subprocess
@@ -97,5 +98,23 @@ def start_train(argv: list[str], log: Path) -> ForkedRun | subprocess.Popen:
             return subprocess.Popen([sys.executable, "-m", "wxscale.cli", *argv], stdout=out,
                                     stderr=subprocess.STDOUT)
     process = context.Process(target=_train_in_child, args=(argv, str(log)), name=f"wxscale-{log.parent.name}")
-    process.start()
+    with _main_module_hidden():
+        process.start()
     return ForkedRun(process, argv)
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """multiprocessing re-imports the parent's ``__main__`` in each child (as ``__mp_main__``), which runs a
+    script's top level again unless it is guarded by ``if __name__ == "__main__"``. A run needs nothing from the
+    caller's ``__main__`` (its target lives here), so hide it while the child is started: a user's unguarded
+    script or notebook that calls ``wxscale sweep run`` must not run twice."""
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
