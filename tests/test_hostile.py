@@ -290,6 +290,25 @@ def test_pointer_to_deleted_checkpoint_keeps_the_older_one(stopped_run, capsys):
     assert [int(r["step"]) for r in read_metrics(run)] == [1, 2]
 
 
+def test_damaged_metrics_log_on_resume_keeps_the_rows_that_read(stopped_run, capsys):
+    run, cfg = stopped_run
+    log = run / "metrics.csv"
+    log.write_text(log.read_text() + "garbage,\x00,row\n3")  # a torn and a garbled row after the good ones
+    summary = train(cfg, run_dir=run, resume=True)
+    assert "damaged row(s) left out" in capsys.readouterr().err
+    assert summary["step"] == 3 and [int(r["step"]) for r in read_metrics(run)] == [1, 2, 3]
+
+
+def test_a_damaged_launch_marker_reads_as_not_running(tmp_path):
+    import socket
+
+    from wxscale.study.sweep import LAUNCH_MARK, run_state
+
+    for text in (json.dumps({"host": socket.gethostname(), "pid": "abc"}), "[1, 2]", "{not json"):
+        (tmp_path / LAUNCH_MARK).write_text(text)
+        assert run_state(tmp_path) == "pending"
+
+
 def test_truncated_checkpoint_on_resume_falls_back(stopped_run, capsys):
     run, cfg = stopped_run
     truncate(run / "checkpoints" / "step_00000002" / STATE)

@@ -128,15 +128,13 @@ def run_state(run_dir: Path) -> str:
             status = "failed"
         if status in ("complete", "failed"):
             return status
-    mark = run_dir / LAUNCH_MARK
-    if mark.is_file():
-        try:
-            info = json.loads(mark.read_text())
-        except ValueError:
-            info = {}
+    info = launch_info(run_dir)
+    if info:
         if info.get("executor") == "slurm" and not summary.is_file():
             return "queued" if slurm_job_alive(info.get("job_id")) else "pending"
-        if info.get("host") == socket.gethostname() and _pid_alive(int(info.get("pid", -1))):
+        pid = info.get("pid")
+        # A damaged marker (no pid, or not a number) says nothing is running: the run is resumed, never lost.
+        if info.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0 and _pid_alive(pid):
             return "running"
     return "stopped" if summary.is_file() else "pending"
 
@@ -156,9 +154,10 @@ def launch_info(run_dir: Path) -> dict:
     """What :func:`mark_launched` recorded for a run (executor, host, pid or Slurm job_id); {} when nothing."""
     mark = Path(run_dir) / LAUNCH_MARK
     try:
-        return json.loads(mark.read_text()) if mark.is_file() else {}
-    except ValueError:
+        info = json.loads(mark.read_text()) if mark.is_file() else {}
+    except (ValueError, OSError):
         return {}
+    return info if isinstance(info, dict) else {}
 
 
 def mark_launched(run_dir: Path, **info: object) -> None:

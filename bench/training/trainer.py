@@ -205,9 +205,23 @@ class _MetricsWriter:
     def __init__(self, path: Path, columns: list[str], resume_step: int | None):
         self.path, self.columns = path, columns
         if resume_step is not None and path.is_file():
-            # Drop rows written after the checkpoint we resume from: they will be written again.
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+            # Drop rows written after the checkpoint we resume from: they will be written again. A damaged log
+            # (a torn last line, garbage) keeps the rows that still read; the checkpoint, not the log, is the state.
+            rows, dropped = [], 0
+            try:
+                with open(path, newline="", errors="replace") as f:
+                    for r in csv.DictReader(f):
+                        try:
+                            keep = int(r.get("step") or "") <= resume_step
+                        except ValueError:
+                            dropped += 1
+                            continue
+                        if keep:
+                            rows.append(r)
+            except csv.Error:
+                dropped += 1
+            if dropped:
+                print(f"warning: {path}: {dropped} damaged row(s) left out on resume", file=sys.stderr)
             write_csv(path, rows, columns)
         else:
             with open(path, "w", newline="") as f:
