@@ -7,7 +7,8 @@ Each stage is the suite's own command or function, run in order on one output di
     DIR/sweep/lr_*       each size's learning rate         wxscale sweep lr-scan (a short constant-LR scan)
     DIR/sweep/runs       trunks and cooldown branches      wxscale sweep run, then wxscale sweep extend + run
                                                            for budgets without an interior minimum
-    DIR/fit              isoflop.csv, fits.csv and plots   wxscale fit
+    DIR/fit              isoflop.csv, fits.csv and plots   wxscale fit; fit/channels: wxscale fit channels
+    DIR/sweep_fixed_lr   the same sweep at one fixed rate  its fit in DIR/fit_fixed_lr; fit/lr_comparison.csv
     DIR/sweep/validation the laws against runs at 2x the   wxscale sweep validate
                          largest budget, held out of the fit
     DIR/eval             the best model's rollout metrics  wxscale eval
@@ -32,7 +33,9 @@ from wxscale.errors import WxscaleError
 # trunk), sizes around their optima, and a held-out budget at twice the largest; sized for ~15 minutes on 2 cores.
 DEFAULT_BUDGETS = "3.75e10,5.3e10,7.5e10,1.06e11,1.5e11,2.12e11,3e11"
 DEFAULT_SIZES = "s-1:s3"
-DEFAULT_LRS = "1e-3,3e-3,1e-2"
+DEFAULT_LRS = "3e-3,1e-2,3e-2"
+# The scan runs at a budget where the largest scanned size still trains --min-steps steps.
+DEFAULT_LR_SCAN_BUDGET = 1e11
 
 
 def _step(title: str) -> float:
@@ -62,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lrs", default=DEFAULT_LRS,
                         help=f"learning rates of the per-size scan (default {DEFAULT_LRS}); 'none': the base "
                              "config's rate for every size")
+    parser.add_argument("--lr-scan-budget", type=float, default=DEFAULT_LR_SCAN_BUDGET,
+                        help=f"FLOPs of each scan run (default {DEFAULT_LR_SCAN_BUDGET:g})")
+    parser.add_argument("--no-fixed-lr-twin", action="store_true",
+                        help="skip the twin sweep at the base config's fixed rate (it shows how the N_opt exponent "
+                             "moves between one rate for every size and the scanned rates)")
     parser.add_argument("--extend-rounds", type=int, default=2,
                         help="rounds of `sweep extend` + `sweep run` for budgets without an interior minimum")
     parser.add_argument("--validate-factor", type=float, default=2.0,
@@ -121,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = _step("3/8 learning rate per size: a short constant-LR scan at half the smallest budget")
         from wxscale.study.lr_scan import lr_scan
 
-        choice = lr_scan(sweep, lrs, jobs=args.jobs, budget=min(budgets) / 2)
+        choice = lr_scan(sweep, lrs, jobs=args.jobs, budget=args.lr_scan_budget)
         print(choice[["size", "lr", "source"]].to_string(index=False))
         _done(t0)
 
@@ -142,6 +150,10 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = _step("5/8 fit: IsoFLOP profiles (Approach 2) and the parametric law (Approach 3), bootstrap intervals")
     fit_rc = cli(["fit", str(sweep), "--out", str(fit), "--n-bootstrap", str(args.n_bootstrap)])
+    if lrs and not args.no_fixed_lr_twin:
+        _fixed_lr_twin(args, data, out, fit)
+    if cli(["fit", "channels", str(sweep), "--out", str(fit / "channels")]) != 0:
+        print("laws per channel and lead time: not fitted (the message is above); the pooled laws stand")
     _done(t0)
 
     if args.validate_factor > 0:
@@ -170,6 +182,39 @@ def run(args: argparse.Namespace) -> int:
     cli(["report", str(out)])
     _print_summary(sweep, fit, time.perf_counter() - t_start)
     return 0 if fit_rc == 0 else fit_rc
+
+
+def _fixed_lr_twin(args: argparse.Namespace, data: Path, out: Path, fit: Path) -> None:
+    """The same sweep at the base config's one learning rate for every size, fitted the same way: how far the
+    N_opt exponent moves with the per-size rates of the scan (written to ``fit/lr_comparison.csv``)."""
+    import pandas as pd
+
+    twin, twin_fit = out / "sweep_fixed_lr", out / "fit_fixed_lr"
+    print("twin sweep at one fixed learning rate for every size (no scan), for the exponent comparison")
+    if not (twin / "sweep.json").is_file():
+        plan = ["sweep", "plan", "--dataset", str(data), "--out", str(twin), "--budgets", args.budgets,
+                "--sizes", args.sizes, "--global-batch", str(args.global_batch), "--min-steps", str(args.min_steps),
+                "--max-steps", str(args.max_steps), *[f"--model={m}" for m in args.model]]
+        if args.train_config is not None:
+            plan += ["--train-config", str(args.train_config)]
+        _must(cli(plan), " ".join(plan))
+    _sweep_run(twin, args.jobs)
+    cli(["fit", str(twin), "--out", str(twin_fit), "--n-bootstrap", str(args.n_bootstrap), "--no-plots"])
+    rows = []
+    for name, folder in (("scanned per size", fit), ("fixed", twin_fit)):
+        fits = folder / "fits.csv"
+        if not fits.is_file():
+            continue
+        f = pd.read_csv(fits)
+        hit = f[(f["approach"].astype(str) == "2") & (f["quantity"] == "n_opt")]
+        if len(hit):
+            r = hit.iloc[0]
+            rows.append({"learning_rate": name, "n_opt_exponent": r["exponent"], "exponent_lo": r["exponent_lo"],
+                         "exponent_hi": r["exponent_hi"], "n_budgets": r["n_points"]})
+    if rows:
+        from wxscale.files import write_csv
+
+        write_csv(fit / "lr_comparison.csv", rows)
 
 
 def _best_run(sweep: Path) -> Path | None:
@@ -212,6 +257,11 @@ def _print_summary(sweep: Path, fit: Path, wall_s: float) -> None:
     if choice.is_file():
         c = pd.read_csv(choice)
         print("learning rate per size (scan): " + ", ".join(f"{s} {lr:.2g}" for s, lr in zip(c["size"], c["lr"])))
+    comparison = fit / "lr_comparison.csv"
+    if comparison.is_file():
+        for r in pd.read_csv(comparison).itertuples():
+            print(f"N_opt exponent with the {r.learning_rate} learning rate: {r.n_opt_exponent:.3f} "
+                  f"[{r.exponent_lo:.3f}, {r.exponent_hi:.3f}] ({int(r.n_budgets)} budgets)")
     validation = sweep / "validation" / "validation.csv"
     if validation.is_file():
         from wxscale.study.validate import summary_lines

@@ -282,6 +282,16 @@ def law_findings(folder: Folder) -> list[str]:
     return out
 
 
+def lr_findings(folder: Folder) -> list[str]:
+    """The demo's twin sweeps: the N_opt exponent with scanned per-size rates against one fixed rate."""
+    table = folder.find("lr_comparison.csv")
+    if table is None or not table.rows:
+        return []
+    parts = [f"{escape(r.get('learning_rate', '?'))} rate: {_fmt(_num(r.get('n_opt_exponent')), '.3f')}"
+             f"{_interval(r, 'exponent')}" for r in table.rows]
+    return ["- **Learning rate and the exponent**: N_opt exponent with " + "; with ".join(parts) + "."]
+
+
 def isoflop_findings(folder: Folder) -> list[str]:
     iso = folder.find("isoflop.csv")
     if iso is None:
@@ -391,7 +401,7 @@ def speed_findings(folder: Folder) -> list[str]:
 
 def findings(folder: Folder) -> list[str]:
     lines = []
-    for part in (law_findings, isoflop_findings, validation_findings, eval_findings, compute_findings,
+    for part in (law_findings, lr_findings, isoflop_findings, validation_findings, eval_findings, compute_findings,
                  speed_findings):
         lines += part(folder)
     return lines
