@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         _must(cli(plan), " ".join(plan))
 
     if lrs:
-        t0 = _step("3/8 learning rate per size: a short constant-LR scan at half the smallest budget")
+        t0 = _step("3/8 learning rate per size: a short constant-LR scan at --lr-scan-budget")
         from wxscale.study.lr_scan import lr_scan
 
         choice = lr_scan(sweep, lrs, jobs=args.jobs, budget=args.lr_scan_budget)
