@@ -34,8 +34,6 @@ from wxscale.errors import WxscaleError
 DEFAULT_BUDGETS = "3.75e10,5.3e10,7.5e10,1.06e11,1.5e11,2.12e11,3e11"
 DEFAULT_SIZES = "s-1:s3"
 DEFAULT_LRS = "3e-3,1e-2,3e-2"
-# The scan runs at a budget where the largest scanned size still trains --min-steps steps.
-DEFAULT_LR_SCAN_BUDGET = 1e11
 
 
 def _step(title: str) -> float:
@@ -65,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lrs", default=DEFAULT_LRS,
                         help=f"learning rates of the per-size scan (default {DEFAULT_LRS}); 'none': the base "
                              "config's rate for every size")
-    parser.add_argument("--lr-scan-budget", type=float, default=DEFAULT_LR_SCAN_BUDGET,
-                        help=f"FLOPs of each scan run (default {DEFAULT_LR_SCAN_BUDGET:g})")
+    parser.add_argument("--lr-scan-budget", type=float, default=None,
+                        help="FLOPs of each scan run (default: the smallest planned budget that has a run of every "
+                             "scanned size, i.e. where the largest still trains --min-steps steps)")
     parser.add_argument("--no-fixed-lr-twin", action="store_true",
                         help="skip the twin sweep at the base config's fixed rate (it shows how the N_opt exponent "
                              "moves between one rate for every size and the scanned rates)")
@@ -126,10 +125,10 @@ def run(args: argparse.Namespace) -> int:
         _must(cli(plan), " ".join(plan))
 
     if lrs:
-        t0 = _step("3/8 learning rate per size: a short constant-LR scan at --lr-scan-budget")
+        t0 = _step("3/8 learning rate per size: a short constant-LR scan at one budget")
         from wxscale.study.lr_scan import lr_scan
 
-        choice = lr_scan(sweep, lrs, jobs=args.jobs, budget=args.lr_scan_budget)
+        choice = lr_scan(sweep, lrs, jobs=args.jobs, budget=args.lr_scan_budget or _scan_budget(sweep))
         print(choice[["size", "lr", "source"]].to_string(index=False))
         _done(t0)
 
@@ -140,8 +139,10 @@ def run(args: argparse.Namespace) -> int:
     for round_ in range(1, args.extend_rounds + 1):
         result = extend_sweep(sweep)
         for a in result.actions:
-            print(f"extend round {round_}: {a.get('action', '')} {a.get('sizes', '')} at "
-                  f"{a.get('budget', float('nan')):.3g}: {a.get('reason', '')}")
+            budget = a.get("budget")
+            where = f" at {budget:.3g}" if isinstance(budget, float) and budget == budget else ""
+            print(f"extend round {round_}: {a.get('action', '')} {a.get('sizes', '') or ''}{where}: "
+                  f"{a.get('reason', '')}")
         if result.done:
             print(f"extend: {result.stop}")
             break
@@ -182,6 +183,19 @@ def run(args: argparse.Namespace) -> int:
     cli(["report", str(out)])
     _print_summary(sweep, fit, time.perf_counter() - t_start)
     return 0 if fit_rc == 0 else fit_rc
+
+
+def _scan_budget(sweep: Path) -> float:
+    """The smallest budget of the plan at which every size the scan takes (smallest, middle, largest) has a run."""
+    from wxscale.study.lr_scan import default_scan_sizes
+    from wxscale.study.plan import load_plan
+
+    spec, plan = load_plan(sweep)
+    wanted = set(default_scan_sizes(list(spec.sizes)))
+    for budget, rows in sorted(plan.groupby("budget_flops"), key=lambda kv: kv[0]):
+        if wanted <= set(rows["size"]):
+            return float(budget)
+    return float(plan["budget_flops"].max())
 
 
 def _fixed_lr_twin(args: argparse.Namespace, data: Path, out: Path, fit: Path) -> None:

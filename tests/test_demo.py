@@ -18,7 +18,8 @@ def test_demo_runs_every_stage_fits_and_reuses_work(tmp_path: Path, capsys):
     base = write_sweep_base(tmp_path / "base.yaml")
     args = ["demo", "--out", str(out), "--budgets", "2e8,4e8,8e8,1.6e9", "--sizes", "s-2:s2", "--global-batch", "8",
             "--min-steps", "4", "--max-steps", "1000", "--jobs", "2", "--n-bootstrap", "20",
-            "--model", "patch=2", "--model", "window=[2, 4]", "--train-config", str(base)]
+            "--model", "patch=2", "--model", "window=[2, 4]", "--train-config", str(base),
+            "--lrs", "1e-3,3e-3,1e-2", "--lr-scan-budget", "1e8"]
     rc = cli(args)
     text = capsys.readouterr().out
     assert rc == 0, text
@@ -45,6 +46,9 @@ def test_demo_runs_every_stage_fits_and_reuses_work(tmp_path: Path, capsys):
     first_screen = (out / "report.md").read_text().split("## Figures", 1)[0]
     assert "N_opt = " in first_screen and "interior minimum" in first_screen
     assert "Held-out budget" in first_screen and "% saved" in text
+    # The twin sweep at one fixed rate, and the laws per channel and lead time.
+    assert (out / "sweep_fixed_lr" / "runs.csv").is_file()
+    assert (out / "fit" / "channels" / "channel_laws.csv").is_file()
 
     # Run again: the finished runs are kept, not trained again.
     stamps = {p: p.stat().st_mtime_ns for p in (sweep / "runs").glob("*/summary.json")}
