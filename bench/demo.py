@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = _step("3/8 learning rate per size: a short constant-LR scan at one budget")
         from wxscale.study.lr_scan import lr_scan
 
-        choice = lr_scan(sweep, lrs, jobs=args.jobs, budget=args.lr_scan_budget or _scan_budget(sweep))
+        choice = lr_scan(sweep, lrs, jobs=args.jobs, budget=args.lr_scan_budget)
         print(choice[["size", "lr", "source"]].to_string(index=False))
         _done(t0)
 
@@ -183,19 +183,6 @@ def run(args: argparse.Namespace) -> int:
     cli(["report", str(out)])
     _print_summary(sweep, fit, time.perf_counter() - t_start)
     return 0 if fit_rc == 0 else fit_rc
-
-
-def _scan_budget(sweep: Path) -> float:
-    """The smallest budget of the plan at which every size the scan takes (smallest, middle, largest) has a run."""
-    from wxscale.study.lr_scan import default_scan_sizes
-    from wxscale.study.plan import load_plan
-
-    spec, plan = load_plan(sweep)
-    wanted = set(default_scan_sizes(list(spec.sizes)))
-    for budget, rows in sorted(plan.groupby("budget_flops"), key=lambda kv: kv[0]):
-        if wanted <= set(rows["size"]):
-            return float(budget)
-    return float(plan["budget_flops"].max())
 
 
 def _fixed_lr_twin(args: argparse.Namespace, data: Path, out: Path, fit: Path) -> None:

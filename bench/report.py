@@ -31,6 +31,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from urllib.parse import quote
 
 from wxscale.errors import WxscaleError
@@ -373,22 +374,14 @@ def compute_findings(folder: Folder) -> list[str]:
             "independent runs)."]
 
 
-def _median(values: list[float]) -> float | None:
-    values = sorted(values)
-    if not values:
-        return None
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
-
-
 def speed_findings(folder: Folder) -> list[str]:
     runs = folder.find("runs.csv")
     if runs is not None and runs.rows:
         sps = [v for r in runs.rows if (v := _num(r.get("samples_per_s"))) is not None]
         mfu = [v for r in runs.rows if (v := _num(r.get("mfu"))) is not None]
         if sps:
-            return [f"- **Throughput**: median {_fmt(_median(sps))} samples/s over {len(sps)} runs"
-                    + (f", median MFU {100 * _median(mfu):.2f} % (max {100 * max(mfu):.2f} %)." if mfu else ".")]
+            return [f"- **Throughput**: median {_fmt(median(sps))} samples/s over {len(sps)} runs"
+                    + (f", median MFU {100 * median(mfu):.2f} % (max {100 * max(mfu):.2f} %)." if mfu else ".")]
     tp = folder.find("throughput.csv")
     if tp is not None and tp.rows:
         best = max(tp.rows, key=lambda r: _num(r.get("samples_per_s")) or 0.0)

@@ -16,6 +16,7 @@ from tests.conftest import make_tiny_dataset
 from tests.train_utils import tiny_config
 from wxscale.data_prep.loader import build_loader
 from wxscale.errors import WxscaleError
+from wxscale.study.plan import train_samples_of
 from wxscale.study.transfer import (
     COLUMNS,
     TransferSpec,
@@ -27,7 +28,6 @@ from wxscale.study.transfer import (
     pretrain_trunk_checkpoint,
     report,
     run_study,
-    train_split_samples,
 )
 from wxscale.training.checkpoint import load_checkpoint
 from wxscale.training.trainer import train
@@ -43,7 +43,7 @@ def test_train_samples_is_a_fixed_nested_subset(tiny_dataset):
 
     assert ids(8) < ids(16)  # the same seeded permutation: a smaller subset lies inside a larger one
     assert ids(8) == ids(8)
-    holds = train_split_samples(str(tiny_dataset))
+    holds = train_samples_of(str(tiny_dataset))
     with pytest.raises(WxscaleError, match=f"data.train_samples={holds + 1}.*holds {holds}"):
         build_loader(tiny_dataset, "train", batch_size=4, num_workers=0, max_samples=holds + 1)
 
@@ -102,7 +102,7 @@ def test_bad_target_grid_or_channels_names_both(two_datasets, tmp_path):
 
 
 def test_count_above_the_train_split_is_refused(two_datasets):
-    holds = train_split_samples(str(two_datasets / "near"))
+    holds = train_samples_of(str(two_datasets / "near"))
     with pytest.raises(WxscaleError, match=f"--counts .*256 downstream samples.*near=.*holds {holds}"):
         check_spec(_spec(two_datasets, counts=[4, 256]))
     with pytest.raises(WxscaleError, match="powers of 2"):

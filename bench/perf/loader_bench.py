@@ -30,6 +30,7 @@ from pathlib import Path
 import h5py
 from tqdm import tqdm
 
+from wxscale.args import parse_list
 from wxscale.data_prep.layout import FIELDS_KEY, load_meta
 from wxscale.errors import WxscaleError
 from wxscale.files import save_figure, write_csv
@@ -149,7 +150,7 @@ def _plot(path: Path, rows: list[dict], title: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from wxscale.data_prep.loader import SampleIndex, build_loader
 
-    kinds = [k.strip() for k in args.loaders.split(",") if k.strip()]
+    kinds = parse_list(args.loaders, "--loaders")
     bad = [k for k in kinds if k not in LOADERS]
     if bad or not kinds:
         raise WxscaleError(f"--loaders: unknown {bad or kinds}; choose from {','.join(LOADERS)}")

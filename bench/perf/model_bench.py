@@ -18,6 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
+from wxscale.args import parse_list
 from wxscale.errors import WxscaleError
 from wxscale.files import save_figure, write_csv, write_text_atomic
 from wxscale.model.config import parse_overrides
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from wxscale.model.cli import parse_grid
 
     grid = parse_grid(args.grid)
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    precisions = parse_list(args.precisions, "--precisions")
     bad = [p for p in precisions if p not in ("fp32", "bf16")]
     if bad or not precisions:
         raise WxscaleError(f"--precisions {args.precisions!r}: use fp32 and/or bf16")
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         sizes = [s for s in LADDER
                  if model_flops(resolve_config(s, overrides, grid=grid), grid, args.channels).params <= args.max_params]
     else:
-        sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+        sizes = parse_list(args.sizes, "--sizes")
     cfgs = {s: resolve_config(s, overrides, grid=grid) for s in sizes}  # validates names before any timing
     if args.profile is not None and args.profile not in cfgs:
         cfgs[args.profile] = resolve_config(args.profile, overrides, grid=grid)

@@ -33,7 +33,7 @@ import pandas as pd
 from wxscale.args import float_list
 from wxscale.errors import WxscaleError
 from wxscale.files import write_csv
-from wxscale.study.plan import load_plan, plan_sweep, update_plan, write_plan
+from wxscale.study.plan import load_plan, parse_sizes, plan_sweep, update_plan, write_plan
 
 SCAN_DIR = "lr_scan"
 SCAN_CSV = "lr_scan.csv"
@@ -52,10 +52,19 @@ def default_scan_sizes(sizes: list[str]) -> list[str]:
     return list(dict.fromkeys(picks))
 
 
+def scan_budget(plan: pd.DataFrame, sizes: list[str]) -> float:
+    """The smallest budget of the plan at which every scanned size has a run (so the largest still trains its
+    --min-steps steps); the largest budget if none has them all."""
+    for budget, rows in sorted(plan.groupby("budget_flops"), key=lambda kv: kv[0]):
+        if set(sizes) <= set(rows["size"]):
+            return float(budget)
+    return float(plan["budget_flops"].max())
+
+
 def plan_scan(sweep_dir: Path, lrs: list[float], sizes: list[str] | None = None,
               budget: float | None = None) -> Path:
-    """Write the scan's own sweep dir, SWEEP_DIR/lr_scan: every (size, rate) at ``budget`` (default: the
-    sweep's smallest)."""
+    """Write the scan's own sweep dir, SWEEP_DIR/lr_scan: every (size, rate) at ``budget`` (default:
+    :func:`scan_budget`)."""
     import yaml
 
     spec, plan = load_plan(sweep_dir)
@@ -65,7 +74,7 @@ def plan_scan(sweep_dir: Path, lrs: list[float], sizes: list[str] | None = None,
     unknown = [s for s in sizes if s not in set(plan["size"])]
     if unknown:
         raise WxscaleError(f"--sizes {unknown}: not sizes of the sweep's plan ({', '.join(spec.sizes)})")
-    budget = float(budget or min(spec.budgets))
+    budget = float(budget or scan_budget(plan, sizes))
     scan_spec = dataclasses.replace(spec, budgets=[budget], sizes=sizes)
     frames = []
     for lr in sorted(lrs):
@@ -199,13 +208,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default=None,
                         help="sizes to scan, e.g. s0,s2,s4 (default: smallest, middle and largest planned)")
     parser.add_argument("--budget", type=float, default=None,
-                        help="FLOPs of each scan run (default: the sweep's smallest budget; smaller is cheaper)")
+                        help="FLOPs of each scan run (default: the sweep's smallest budget with a run of every "
+                             "scanned size; smaller is cheaper)")
     parser.add_argument("--jobs", type=int, default=1, help="scan runs at a time (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (cores / jobs)")
 
 
 def run(args: argparse.Namespace) -> int:
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()] if args.sizes else None
+    sizes = parse_sizes(args.sizes) if args.sizes else None
     _, plan = load_plan(args.sweep_dir)
     before = float(plan["lr"].iloc[0]) if "lr" in plan else None
     choice = lr_scan(args.sweep_dir, args.lrs, sizes, jobs=args.jobs, threads=args.threads, budget=args.budget)

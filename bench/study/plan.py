@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from wxscale.args import float_list
+from wxscale.args import float_list, parse_list
 from wxscale.errors import WxscaleError
 from wxscale.files import write_csv, write_json_atomic, write_text_atomic
 from wxscale.model.config import parse_overrides
@@ -482,7 +482,7 @@ def parse_sizes(text: str) -> list[str]:
         if lo not in LADDER or hi not in LADDER:
             raise WxscaleError(f"--sizes {text!r}: unknown size; the ladder is {', '.join(names)}")
         return names[names.index(lo) : names.index(hi) + 1]
-    sizes = [s.strip() for s in text.split(",") if s.strip()]
+    sizes = parse_list(text, "--sizes")
     unknown = [s for s in sizes if s not in LADDER]
     if unknown:
         raise WxscaleError(f"--sizes: unknown size(s) {unknown}; the ladder is {', '.join(names)}")

@@ -78,7 +78,7 @@ from wxscale.args import parse_list
 from wxscale.errors import WxscaleError
 from wxscale.files import save_figure, write_csv, write_json_atomic, write_text_atomic
 from wxscale.study.fit import fit_power_law
-from wxscale.study.plan import DEFAULT_BASE, SweepSpec, parse_sizes, size_costs, write_plan
+from wxscale.study.plan import DEFAULT_BASE, SweepSpec, parse_sizes, size_costs, train_samples_of, write_plan
 from wxscale.study.sweep import run_state, runs_dir
 
 SPEC_JSON = "transfer.json"
@@ -135,13 +135,6 @@ def _meta(path: str, flag: str):
     return load_meta(path)
 
 
-def train_split_samples(path: str) -> int:
-    """Samples (rollout 1) the train split of a dataset dir holds."""
-    from wxscale.data_prep.loader import SampleIndex
-
-    return len(SampleIndex(path, "train", 1))
-
-
 def check_spec(spec: TransferSpec) -> None:
     """Refuse, before anything runs, what would fail or mislead later (each message names the flag)."""
     if not spec.targets:
@@ -166,7 +159,7 @@ def check_spec(spec: TransferSpec) -> None:
                 f"but the pretrained model's data {spec.pretrain} has grid {pre.grid[0]}x{pre.grid[1]} with channels "
                 f"{list(pre.channels)}; fine-tuning needs the same grid and channels (prep the target with "
                 "the pretraining data's --grid and --vars)")
-        holds = train_split_samples(path)
+        holds = train_samples_of(path)
         if spec.counts[-1] > holds:
             raise WxscaleError(f"--counts {spec.counts}: {spec.counts[-1]} downstream samples, but the train split "
                                f"of --target {name}={path} holds {holds}; lower --counts or prep a longer target")

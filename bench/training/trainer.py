@@ -50,7 +50,6 @@ import random
 import signal
 import socket
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -61,7 +60,7 @@ from torch import nn
 
 from wxscale.data_prep.layout import load_meta, read_stats
 from wxscale.errors import ConfigError, WxscaleError
-from wxscale.files import write_csv, write_json_atomic
+from wxscale.files import ensure_writable_dir, write_csv, write_json_atomic
 from wxscale.hardware import describe_device, model_flops_utilisation, peak_flops, speed_settings
 from wxscale.provenance import git_sha
 from wxscale.training import distributed
@@ -165,13 +164,7 @@ def _check_dataset(path: str, level: str) -> None:
 
 def _prepare_run_dir(run_dir: Path, resume: bool) -> str:
     """Create and probe the run dir. Returns "fresh", "resume" or "complete" (a finished run to leave alone)."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".probe."):
-            pass
-    except OSError as err:
-        raise WxscaleError(f"run dir {run_dir} is not writable ({err.strerror or err}); choose another --run-dir "
-                           "or fix its permissions") from None
+    ensure_writable_dir(run_dir, "run dir")
     used = [n for n in ("config.yaml", "metrics.csv", "summary.json", "checkpoints") if (run_dir / n).exists()]
     if not resume:
         if used:
