@@ -28,11 +28,12 @@ from pathlib import Path
 
 from wxscale.cli import main as cli
 from wxscale.errors import WxscaleError
+from wxscale.study.plan import DEMO_BUDGETS, DEMO_SIZES
 
-# Seven budgets sqrt(2) apart (a denser IsoFLOP grid narrows the intervals and lets more branches share each
-# trunk), sizes around their optima, and a held-out budget at twice the largest; sized for ~15 minutes on 2 cores.
-DEFAULT_BUDGETS = "3.75e10,5.3e10,7.5e10,1.06e11,1.5e11,2.12e11,3e11"
-DEFAULT_SIZES = "s-1:s3"
+# The demo grid (wxscale.study.plan.DEMO_BUDGETS, DEMO_SIZES) and a held-out budget at twice the largest; sized for
+# ~15 minutes on 2 cores.
+DEFAULT_BUDGETS = ",".join(f"{c:.3g}".replace("+", "") for c in DEMO_BUDGETS)
+DEFAULT_SIZES = DEMO_SIZES
 DEFAULT_LRS = "3e-3,1e-2,3e-2"
 
 

@@ -57,9 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="chinchilla: read Epoch AI's svg_extracted_data.csv as described above")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     parser.add_argument("--bootstrap", choices=F.BOOTSTRAPS, default="auto",
-                        help="resampling: auto (default: by trunk when runs.csv has trunk_id, else by run), "
-                             "trunk-residual (the trunks' shared noise on the fixed design), trunk (whole trunks "
-                             "with their branches), run (single runs)")
+                        help="resampling: auto (default: trunk-effects when runs.csv has trunk_id, else run), "
+                             "trunk-effects (new trunk and run noise drawn on the fixed design around the fitted "
+                             "law), trunk (whole trunks with their branches), run (single runs)")
     parser.add_argument("--calibrate", action="store_true",
                         help="instead of fitting DIR: fit many synthetic studies of a known law and report how "
                              "often the intervals cover it (wxscale.study.calibrate; needs --out)")

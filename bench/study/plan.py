@@ -39,6 +39,11 @@ PLAN_COLUMNS = [
     "cooldown_samples", "schedule",
 ]
 COOLDOWN_SHAPES = ("1-sqrt", "linear", "cosine")
+# The demo's IsoFLOP grid on the built-in simulator: seven budgets sqrt(2) apart (a denser grid narrows the
+# intervals and lets more branches share each trunk) and the sizes around their optima. `wxscale demo` runs it;
+# `wxscale fit --calibrate` measures the intervals' coverage on it by default.
+DEMO_BUDGETS = (3.75e10, 5.3e10, 7.5e10, 1.06e11, 1.5e11, 2.12e11, 3e11)
+DEMO_SIZES = "s-1:s3"
 # Optional plan columns that change what a run trains, so they enter the plan hash when present: the peak learning
 # rate of the run's trunk, and a trunk that continues another (its parent) from a checkpoint at start samples.
 HASHED_EXTRA_COLUMNS = ["lr", "trunk_parent", "trunk_start_samples"]

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from wxscale.files import save_figure  # noqa: E402
-from wxscale.study.fit import MIN_SIZES_PER_BUDGET, FitResult, law_replicates, percentile_interval  # noqa: E402
+from wxscale.study.fit import MIN_SIZES_PER_BUDGET, FitResult, bootstrap_interval, law_replicates  # noqa: E402
 
 
 def plot_isoflop(runs: pd.DataFrame, isoflop: pd.DataFrame, path: str | Path) -> Path:
@@ -65,8 +65,13 @@ def plot_isoflop(runs: pd.DataFrame, isoflop: pd.DataFrame, path: str | Path) ->
 
 
 def _band(fit: FitResult, approach: str, quantity: str, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The law's interval at each C, the same interval as :func:`wxscale.study.fit.predict` gives."""
     pred = law_replicates(fit.replicates, approach, quantity, c)
-    lo_hi = np.array([percentile_interval(pred[:, j], fit.level) for j in range(c.size)])
+    t = fit.fits
+    row = t[(t["approach"].astype(str) == approach) & (t["quantity"] == quantity)].iloc[0]
+    point = row["coefficient"] * c ** row["exponent"]
+    lo_hi = np.array([bootstrap_interval(pred[:, j], fit.level, approach, point[j])
+                      for j in range(c.size)])
     return lo_hi[:, 0], lo_hi[:, 1]
 
 
