@@ -5,9 +5,9 @@
 
 Draws many synthetic studies of one grid shape (budgets x sizes, with the ladder's parameters and FLOPs per
 sample as `wxscale sweep plan` computes them; default: the demo's grid, 7 budgets x s-1..s3) from a known law
-L = E + A / N^alpha + B / D^beta (Hoffmann et al. 2022, eq. 2), fits each with :func:`wxscale.study.fit.fit_scaling`
-exactly as `wxscale fit` does, and reports for the Approach-2 exponent (N_opt ~ C^a) and Approach 3's alpha and
-beta how often the interval covers the truth and its median width.
+L = E + A / N^alpha + B / D^beta (Hoffmann et al. 2022, eq. 2; default: the law the demo measured), fits each
+with :func:`wxscale.study.fit.fit_scaling` exactly as `wxscale fit` does, and reports for the Approach-2 exponent
+(N_opt ~ C^a) and Approach 3's alpha and beta how often the interval covers the truth and its median width.
 
 Noise is multiplicative, as continual training produces it: L_obs = L(N, D) exp(s_t z_trunk + s_p z_point) with
 z ~ N(0, 1), one z_trunk per trunk (model size) shared by all its branches and one z_point per run. A study in

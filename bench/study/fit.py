@@ -415,8 +415,9 @@ class TrunkEffectsResampler:
     variances s_u^2 = sum u_t^2 / (G - 2) (A and alpha absorb differences between sizes) and
     s_e^2 = sum e_i^2 / (n - G - 2) (trunk means, B and beta). A replicate first draws its own variances from
     their sampling distributions, sigma^2 = s^2 k / chi2_k with k those degrees of freedom (the scaled inverse
-    chi-square of a normal variance), then one effect per trunk ~ N(0, sigma_u^2), shared by all its branches,
-    and one per run ~ N(0, sigma_e^2): log L* = fit + u*_t(i) + e*_i.
+    chi-square of a normal variance), then one effect per trunk ~ N(0, sigma_u^2 - sigma_e^2 mean(1 / m_t)),
+    shared by all its branches (a trunk mean of m_t runs carries sigma_e^2 / m_t of their own noise, drawn
+    next), and one per run ~ N(0, sigma_e^2): log L* = fit + u*_t(i) + e*_i.
 
     Why so: a sweep has few trunks (5 in the demo), so s_u rests on about 3 degrees of freedom. Resampling the 5
     observed effects, or drawing with s_u held fixed, treats it as known and under-covers; drawing it is the
@@ -449,13 +450,16 @@ class TrunkEffectsResampler:
         self.dof_u, self.dof_e = max(G - 2, 1), max(n - G - 2, 1)
         self.var_u = float(((u - u.mean()) ** 2).sum()) / self.dof_u
         self.var_e = float(((e - e.mean()) ** 2).sum()) / self.dof_e
+        # A trunk's mean residual also averages its runs' own noise, var_e / (runs of the trunk); the draws add
+        # that noise separately, so it is taken out of the trunk effects' variance.
+        self.point_share = float(np.mean(1.0 / np.bincount(codes, minlength=G)))
         self.n_units = G
 
     def losses(self, rng: np.random.Generator) -> np.ndarray:
-        sd_u = math.sqrt(self.var_u * self.dof_u / rng.chisquare(self.dof_u))
-        sd_e = math.sqrt(self.var_e * self.dof_e / rng.chisquare(self.dof_e))
-        u = sd_u * rng.normal(size=self.n_units)
-        return np.exp(self.fitted + u[self.codes] + sd_e * rng.normal(size=self.codes.size))
+        var_e = self.var_e * self.dof_e / rng.chisquare(self.dof_e)
+        var_u = self.var_u * self.dof_u / rng.chisquare(self.dof_u)
+        u = math.sqrt(max(var_u - self.point_share * var_e, 0.0)) * rng.normal(size=self.n_units)
+        return np.exp(self.fitted + u[self.codes] + math.sqrt(var_e) * rng.normal(size=self.codes.size))
 
 
 def make_resampler(runs: pd.DataFrame, bootstrap: str, by_budget: bool,
