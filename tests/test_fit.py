@@ -296,7 +296,7 @@ def test_calibration_covers_the_approach2_exponent_under_shared_trunk_noise():
 
 def test_calibration_covers_the_parametric_exponents():
     """Approach 3's alpha and beta on the same grid and noise; a small guard (the full figures come from the
-    command: 40-60 studies of 100 replicates)."""
+    command: 100 studies of 200 replicates per noise setting)."""
     from wxscale.study import calibrate as K
 
     table, summary = K.calibrate(K.study_grid(), K.Law(), trunk_noise=0.05, point_noise=0.01, n_studies=10,

@@ -64,12 +64,12 @@ def plot_isoflop(runs: pd.DataFrame, isoflop: pd.DataFrame, path: str | Path) ->
     return save_figure(fig, path)
 
 
-def _band(fit: FitResult, approach: str, quantity: str, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The law's interval at each C, the same interval as :func:`wxscale.study.fit.predict` gives."""
-    pred = law_replicates(fit.replicates, approach, quantity, c)
-    t = fit.fits
-    row = t[(t["approach"].astype(str) == approach) & (t["quantity"] == quantity)].iloc[0]
-    point = row["coefficient"] * c ** row["exponent"]
+def _band(fit: FitResult, law: pd.Series, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The interval of the law (its fits.csv row) at each C, the same interval as :func:`wxscale.study.fit.predict`
+    gives."""
+    approach = str(law["approach"])
+    pred = law_replicates(fit.replicates, approach, law["quantity"], c)
+    point = law["coefficient"] * c ** law["exponent"]
     lo_hi = np.array([bootstrap_interval(pred[:, j], fit.level, approach, point[j])
                       for j in range(c.size)])
     return lo_hi[:, 0], lo_hi[:, 1]
@@ -106,7 +106,7 @@ def plot_scaling_laws(fit: FitResult, path: str | Path, predictions: pd.DataFram
             ax.plot(c_grid, r["coefficient"] * c_grid ** r["exponent"], color=colour,
                     label=f"{name}: {r['coefficient']:.3g} C^{r['exponent']:.3f} "
                           f"[{r['exponent_lo']:.3f}, {r['exponent_hi']:.3f}]")
-            lo, hi = _band(fit, approach, q, c_grid)
+            lo, hi = _band(fit, r, c_grid)
             if np.isfinite(lo).any():
                 ax.fill_between(c_grid, lo, hi, color=colour, alpha=0.2, lw=0)
         if predictions is not None and q in predictions:
