@@ -24,12 +24,15 @@ Input: one row per finished run with ``budget_flops`` (C), ``params`` (N), ``sam
   independent and under-cover. There the bootstrap keeps the design (the sizes and budgets that were run) and
   draws new noise around the fitted parametric law: one effect per trunk, shared by all its branches, and one per
   run, each with a variance drawn from its own sampling distribution, because a sweep's few trunks leave the
-  trunk variance uncertain (:class:`TrunkEffectsResampler`). Without ``trunk_id`` (independent runs, e.g.
-  Chinchilla's points) it resamples runs (Approach 2: within each budget). Every replicate is refitted from
+  trunk variance uncertain (:class:`ParametricResampler`). Without ``trunk_id`` (independent runs, e.g.
+  Chinchilla's points) it draws one effect per run around that law. Every replicate is refitted from
   scratch (its own start grid; no warm start from the full-data optimum). Replicates that give no estimate are
   counted (``n_bootstrap_ok``) and never silently dropped: the interval counts them as lying beyond its ends,
   half on each side (:func:`percentile_interval`), so a fit whose replicates often fail gets a wider interval,
-  or none. Besiroglu et al. bootstrap 4000 times; the default here is 200 to keep the command fast,
+  or none. The interval's kind depends on what the replicates are (:data:`INTERVALS`; fits.csv's ``interval``):
+  Approach 3's are refits around its own law (basic intervals), Approach 2's are IsoFLOP fits of that law's
+  world (intervals centred on the estimate less the noise's bias in that world).
+  Besiroglu et al. bootstrap 4000 times; the default here is 200 to keep the command fast,
   ``n_bootstrap`` raises it. ``wxscale fit --calibrate`` (:mod:`wxscale.study.calibrate`) measures how often
   these intervals cover a known law; the choices above are the ones that covered.
 """
@@ -56,6 +59,7 @@ ISOFLOP_COLUMNS = [
 FITS_COLUMNS = [
     "quantity", "approach", "coefficient", "exponent", "exponent_lo", "exponent_hi", "n_points",
     "coefficient_lo", "coefficient_hi", "level", "n_bootstrap", "n_bootstrap_ok", "interval",
+    "world_coefficient", "world_exponent",
 ]
 HUBER_DELTA = 1e-3
 MIN_SIZES_PER_BUDGET = 3  # a parabola has 3 coefficients
@@ -199,20 +203,57 @@ def basic_interval(samples: np.ndarray, level: float, estimate: float) -> tuple[
     return float(estimate**2 / hi), float(estimate**2 / lo)
 
 
-# Which interval each approach reports, and why (measured with wxscale.study.calibrate on the demo grid, 40-100
-# synthetic studies per noise setting): Approach 3's replicates are refits of data drawn around its own law, so
-# the basic interval removes the fit's bias (alpha and beta: 154 of 160 covered; the percentile interval 147).
-# Approach 2's replicates come from that parametric world too, whose truth is not the IsoFLOP estimate: reflecting
-# around the world's own exponent covered 34 of 40 at 5 % trunk noise, bias-correcting towards the estimate 56 of
-# 100, the percentile interval 97 of 100.
-INTERVALS = {"2": "percentile", "3": "basic"}
+def centred_interval(samples: np.ndarray, level: float, estimate: float, world: float,
+                     log: bool = False) -> tuple[float, float]:
+    """The estimate less the bootstrap's bias, plus and minus half the percentile interval's width: the normal
+    interval with bias correction (Davison & Hinkley 1997, Sec. 5.2.1), with the replicates' central spread in
+    place of z times their standard deviation so that failures widen it as in :func:`percentile_interval`.
+
+    ``world`` is what the bootstrap's world gives without noise; the bias is mean(replicates) - world. With
+    ``log``, all of it on log values (coefficients and predictions: positive, spread by a factor).
+    """
+    lo, hi = percentile_interval(samples, level)
+    s = np.asarray(samples, float)
+    s = s[np.isfinite(s)]
+    if not (np.isfinite(lo) and np.isfinite(estimate) and np.isfinite(world)):
+        return math.nan, math.nan
+    if log:
+        if not (lo > 0 and estimate > 0 and world > 0 and (s > 0).all()):
+            return math.nan, math.nan
+        s, lo, hi, estimate, world = np.log(s), math.log(lo), math.log(hi), math.log(estimate), math.log(world)
+    centre = estimate - (float(s.mean()) - world)
+    half = (hi - lo) / 2
+    if log:
+        return math.exp(centre - half), math.exp(centre + half)
+    return centre - half, centre + half
 
 
-def bootstrap_interval(samples: np.ndarray, level: float, approach: str, estimate: float) -> tuple[float, float]:
-    """The interval :data:`INTERVALS` assigns to ``approach`` (``estimate`` is used by the basic interval)."""
-    if INTERVALS[approach] == "basic":
+# Which interval each approach reports, and why (measured with wxscale.study.calibrate on the demo grid, 40-400
+# synthetic studies per noise setting):
+# - Approach 3's replicates are refits of data drawn around its own law, so the basic interval removes the fit's
+#   bias (alpha and beta: 154 of 160 covered; the percentile interval 147).
+# - Approach 2's replicates are IsoFLOP fits of data drawn around that parametric law, so they centre on the
+#   world's exponent, which is closer to the truth than the IsoFLOP estimate is (sd 0.027 against 0.033 over
+#   studies at 2 % trunk and 2 % run noise). Percentiles, which sit there with the estimate's width, covered
+#   398 of 400. Centred on the estimate less the bias the noise adds to an IsoFLOP fit in that world (replicates
+#   against the IsoFLOP fit of its noise-free losses), they covered 383 and 370 of 400 at 2 %/2 % and 5 %/1 %
+#   (percentiles: 398 and 382). Reflecting around the world's own
+#   exponent instead also subtracts the world's IsoFLOP bias on this design, which is noisy (sd 0.016 at 5 %
+#   trunk noise against the truth's 0.0017) and covered 169 of 200.
+INTERVALS = {"2": "centred", "3": "basic"}
+
+
+def bootstrap_interval(samples: np.ndarray, level: float, kind: str, estimate: float, world: float | None = None,
+                       log: bool = False) -> tuple[float, float]:
+    """The interval of kind ``kind`` (:data:`INTERVALS`; fits.csv's ``interval`` column). ``world`` (the
+    centred interval's noise-free value, the estimate when not given) and ``log`` serve the centred interval."""
+    if kind == "basic":
         return basic_interval(samples, level, estimate)
-    return percentile_interval(samples, level)
+    if kind == "centred":
+        return centred_interval(samples, level, estimate, estimate if world is None else world, log=log)
+    if kind == "percentile":
+        return percentile_interval(samples, level)
+    raise WxscaleError(f"unknown interval kind {kind!r}: expected one of basic, centred, percentile")
 
 
 def fit_power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -261,11 +302,13 @@ def fit_isoflop_parabola(params: np.ndarray, loss: np.ndarray) -> dict:
         out["note"] = "loss is not convex in log N here (no minimum); widen the size range"
         return out
     xv = -p1 / (2 * p2)
-    out["n_opt"], out["l_opt"] = float(10 ** (xv + x0)), float(p0 - p1**2 / (4 * p2))
+    with np.errstate(over="ignore"):  # an almost flat profile puts its vertex at 10^400: inf, reported below
+        n_vertex = float(np.power(10.0, xv + x0))
+    out["n_opt"], out["l_opt"] = n_vertex, float(p0 - p1**2 / (4 * p2))
     out["n_below"], out["n_above"] = int((sizes < xv + x0).sum()), int((sizes > xv + x0).sum())
     if not sizes.min() < xv + x0 < sizes.max():
         side = "largest" if xv + x0 >= sizes.max() else "smallest"
-        out["note"] = (f"minimum beyond the {side} size sampled ({10 ** (xv + x0):.3g} outside "
+        out["note"] = (f"minimum beyond the {side} size sampled ({n_vertex:.3g} outside "
                        f"[{out['n_min']:.3g}, {out['n_max']:.3g}]); add {side.replace('est', 'er')} sizes")
         out["n_opt"] = out["l_opt"] = math.nan  # never extrapolate the optimum
         return out
@@ -308,6 +351,20 @@ def _vertex(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> tuple[
     return x0 - p1 / (2 * p2), p0 - p1**2 / (4 * p2)
 
 
+def _world_isoflop(runs: pd.DataFrame, budgets: np.ndarray, good: np.ndarray, world_losses: np.ndarray | None
+                   ) -> tuple[pd.DataFrame | None, dict[str, tuple[float, float]] | None]:
+    """Approach 2 on the bootstrap world's noise-free losses: (per-budget optima, laws), both None when the
+    bootstrap resamples the runs (its world's value is the estimate) or when the world gives fewer than
+    MIN_BUDGETS interior optima among the budgets ``good`` in the data."""
+    if world_losses is None:
+        return None, None
+    world = _optima(runs.assign(val_loss=world_losses), budgets)
+    use = good & world["interior"].to_numpy(bool)
+    if use.sum() < MIN_BUDGETS:
+        return None, None
+    return world, _power_laws(budgets[use], {q: world[q].to_numpy(float)[use] for q in ("n_opt", "d_opt", "l_opt")})
+
+
 def _power_laws(c: np.ndarray, optima: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
     """N_opt, D_opt, L_opt = k C^a; a law with a non-positive value (a concave L_opt) is NaN."""
     return {q: fit_power_law(c, v) if (v > 0).all() else (math.nan, math.nan) for q, v in optima.items()}
@@ -326,16 +383,21 @@ class FitResult:
 
 
 def _law_rows(approach: str, point: dict[str, tuple[float, float]], boot: dict[str, np.ndarray],
-              n_points: int, level: float, n_boot: int) -> list[dict]:
-    rows = []
+              n_points: int, level: float, n_boot: int,
+              world: dict[str, tuple[float, float]] | None = None, kind: str | None = None) -> list[dict]:
+    """fits.csv rows of power laws k C^a. ``world``: each law in the bootstrap's noise-free world (default: the
+    estimate, as for a resampling bootstrap or a parametric one around the estimate itself); ``kind``: the
+    interval (default: the approach's, :data:`INTERVALS`)."""
+    rows, kind = [], kind or INTERVALS[approach]
     for q, (k, a) in point.items():
         kb, ab = boot[q][:, 0], boot[q][:, 1]
-        k_lo, k_hi = bootstrap_interval(kb, level, approach, k)
-        a_lo, a_hi = bootstrap_interval(ab, level, approach, a)
+        k_w, a_w = (world or point)[q]
+        k_lo, k_hi = bootstrap_interval(kb, level, kind, k, k_w, log=True)
+        a_lo, a_hi = bootstrap_interval(ab, level, kind, a, a_w)
         rows.append({"quantity": q, "approach": approach, "coefficient": k, "exponent": a, "exponent_lo": a_lo,
                      "exponent_hi": a_hi, "n_points": n_points, "coefficient_lo": k_lo, "coefficient_hi": k_hi,
                      "level": level, "n_bootstrap": n_boot, "n_bootstrap_ok": int(np.isfinite(ab).sum()),
-                     "interval": INTERVALS[approach]})
+                     "interval": kind, "world_coefficient": k_w, "world_exponent": a_w})
     return rows
 
 
@@ -383,6 +445,7 @@ class Resampler:
         self.kind = "trunk" if self.codes is not None else ("run within budget" if by_budget else "run")
         self.n_units = int(self.codes.max() + 1) if self.codes is not None else self.n
         self.described = f"resampled {self.kind}s ({self.n_units})"
+        self.world_losses = None  # the world is the runs themselves: its noise-free value is the estimate
 
     def draw(self, rng: np.random.Generator, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One replicate as (weight of each run, its loss): the observed losses, reweighted."""
@@ -407,21 +470,23 @@ class Resampler:
         return w
 
 
-BOOTSTRAPS = ("auto", "trunk-effects", "trunk", "run")
+BOOTSTRAPS = ("auto", "trunk-effects", "run-effects", "trunk", "run")
 
 
-class TrunkEffectsResampler:
-    """Parametric two-level bootstrap on the sweep's fixed design: new losses at the same (N, D) points
-    (Davison & Hinkley 1997, "Bootstrap Methods and their Application", Sec. 2.2 and 3.8).
+class ParametricResampler:
+    """Parametric bootstrap on the sweep's fixed design: new losses at the same (N, D) points around the law
+    fitted to the whole table (Approach 3) (Davison & Hinkley 1997, "Bootstrap Methods and their Application",
+    Sec. 2.2 and 3.8). Two levels with ``by_trunk`` (``--bootstrap trunk-effects``), one without
+    (``run-effects``: independent runs).
 
-    The mean is the parametric law fitted to the whole table (Approach 3). Its log residuals split into a trunk
-    effect u_t (the mean residual of trunk t: the noise its branches share) and a point residual e_i, with
-    variances s_u^2 = sum u_t^2 / (G - 2) (A and alpha absorb differences between sizes) and
-    s_e^2 = sum e_i^2 / (n - G - 2) (trunk means, B and beta). A replicate first draws its own variances from
-    their sampling distributions, sigma^2 = s^2 k / chi2_k with k those degrees of freedom (the scaled inverse
-    chi-square of a normal variance), then one effect per trunk ~ N(0, sigma_u^2 - sigma_e^2 mean(1 / m_t)),
-    shared by all its branches (a trunk mean of m_t runs carries sigma_e^2 / m_t of their own noise, drawn
-    next), and one per run ~ N(0, sigma_e^2): log L* = fit + u*_t(i) + e*_i.
+    With trunks, the law's log residuals split into a trunk effect u_t (the mean residual of trunk t: the noise
+    its branches share) and a point residual e_i, with variances s_u^2 = sum u_t^2 / (G - 2) (A and alpha absorb
+    differences between sizes) and s_e^2 = sum e_i^2 / (n - G - 2) (trunk means, B and beta). A replicate first
+    draws its own variances from their sampling distributions, sigma^2 = s^2 k / chi2_k with k those degrees of
+    freedom (the scaled inverse chi-square of a normal variance), then one effect per trunk
+    ~ N(0, sigma_u^2 - sigma_e^2 mean(1 / m_t)), shared by all its branches (a trunk mean of m_t runs carries
+    sigma_e^2 / m_t of their own noise, drawn next), and one per run ~ N(0, sigma_e^2):
+    log L* = fit + u*_t(i) + e*_i. Without trunks, every residual is a run's own: s_e^2 = sum r_i^2 / (n - 5).
 
     Why so: a sweep has few trunks (5 in the demo), so s_u rests on about 3 degrees of freedom. Resampling the 5
     observed effects, or drawing with s_u held fixed, treats it as known and under-covers; drawing it is the
@@ -432,16 +497,29 @@ class TrunkEffectsResampler:
     Resampling whole trunks with their branches (:class:`Resampler`) moves the sizes themselves: with the 5
     trunks of a typical sweep, most replicates then lack three sizes around a budget's optimum and give no
     IsoFLOP vertex at all; the design (which sizes were run) is chosen, not sampled, so it stays fixed here.
+    Resampling single runs within a budget is no better without trunks: 5 sizes drawn with replacement
+    understate the vertex's spread (the Approach-2 exponent's percentiles covered 167 of 200 studies at 2 %
+    run noise, these draws 192 of 200; alpha and beta 49 and 52 of 60 against 54 and 55).
     """
 
-    def __init__(self, runs: pd.DataFrame, law: ParametricFit) -> None:
-        codes = trunk_codes(runs)
-        if codes is None:
-            raise WxscaleError("the trunk-effects bootstrap needs a trunk_id column (continual-training sweeps)")
+    def __init__(self, runs: pd.DataFrame, law: ParametricFit, by_trunk: bool = True) -> None:
+        codes = trunk_codes(runs) if by_trunk else None
+        if by_trunk and codes is None:
+            raise WxscaleError("the trunk-effects bootstrap needs a trunk_id column (continual-training sweeps); "
+                               "use run-effects for independent runs")
+        self.law = law
         self.codes = codes
         self.fitted = np.log(law.loss(runs["params"].to_numpy(float), runs["samples"].to_numpy(float)))
-        G, n = int(codes.max() + 1), len(runs)
+        self.world_losses = np.exp(self.fitted)  # the law at the design's points: the world without noise
+        n = len(runs)
         r = np.log(runs["val_loss"].to_numpy(float)) - self.fitted
+        if codes is None:
+            self.n_units, self.dof_u, self.var_u, self.point_share = n, 1, 0.0, 0.0
+            self.dof_e = max(n - 5, 1)  # the law's 5 parameters
+            self.var_e = float((r**2).sum()) / self.dof_e
+            self.described = f"drew new run noise around the fitted law ({n} runs)"
+            return
+        G = int(codes.max() + 1)
         u = np.bincount(codes, weights=r, minlength=G) / np.bincount(codes, minlength=G)
         e = r - u[codes]
         self.dof_u, self.dof_e = max(G - 2, 1), max(n - G - 2, 1)
@@ -459,39 +537,49 @@ class TrunkEffectsResampler:
 
     def losses(self, rng: np.random.Generator) -> np.ndarray:
         var_e = self.var_e * self.dof_e / rng.chisquare(self.dof_e)
-        var_u = self.var_u * self.dof_u / rng.chisquare(self.dof_u)
-        u = math.sqrt(max(var_u - self.point_share * var_e, 0.0)) * rng.normal(size=self.n_units)
-        return np.exp(self.fitted + u[self.codes] + math.sqrt(var_e) * rng.normal(size=self.codes.size))
+        noise = math.sqrt(var_e) * rng.normal(size=self.fitted.size)
+        if self.codes is not None:
+            var_u = self.var_u * self.dof_u / rng.chisquare(self.dof_u)
+            noise += math.sqrt(max(var_u - self.point_share * var_e, 0.0)) * rng.normal(size=self.n_units)[self.codes]
+        return np.exp(self.fitted + noise)
 
 
 def make_resampler(runs: pd.DataFrame, bootstrap: str, by_budget: bool,
-                   law: ParametricFit | None = None) -> tuple[Resampler | TrunkEffectsResampler, list[str]]:
+                   law: ParametricFit | None = None) -> tuple[Resampler | ParametricResampler, list[str]]:
     """The bootstrap scheme for ``runs`` and notes on the choice.
 
-    ``auto``: without trunks, single runs (``by_budget``: within each budget); with trunks, the trunks' effects
-    on the fixed design (:class:`TrunkEffectsResampler`) around ``law`` (fitted here when not given), or whole
-    trunks when the parametric law does not fit the runs.
+    ``auto``: new noise drawn around ``law`` (fitted here when not given) on the fixed design
+    (:class:`ParametricResampler`), by trunk when the runs have ``trunk_id``; when the parametric law does not
+    fit the runs, whole trunks, or single runs (``by_budget``: within each budget), are resampled instead.
     """
     if bootstrap not in BOOTSTRAPS:
         raise WxscaleError(f"--bootstrap must be one of {', '.join(BOOTSTRAPS)}, got {bootstrap!r}")
     has_trunks = trunk_codes(runs) is not None
-    if bootstrap == "run" or (bootstrap == "auto" and not has_trunks):
-        return Resampler(runs.drop(columns=["trunk_id"], errors="ignore"), by_budget), []
-    if not has_trunks:
-        raise WxscaleError(f"--bootstrap {bootstrap} needs a trunk_id column; these runs have none (use run)")
+    if bootstrap in ("trunk", "trunk-effects") and not has_trunks:
+        raise WxscaleError(f"--bootstrap {bootstrap} needs a trunk_id column; these runs have none "
+                           "(use run-effects or run)")
+    independent = runs.drop(columns=["trunk_id"], errors="ignore")
+    if bootstrap == "run":
+        return Resampler(independent, by_budget), []
     if bootstrap == "trunk":
         return Resampler(runs, by_budget), []
+    by_trunk = bootstrap == "trunk-effects" or (bootstrap == "auto" and has_trunks)
     if law is None and len(runs) >= MIN_POINTS_PARAMETRIC:
         N, D, L = (runs[c].to_numpy(float) for c in ("params", "samples", "val_loss"))
         law = parametric_fit(N, D, L, n_starts=16)
     if law is not None and law.converged:
-        return TrunkEffectsResampler(runs, law), []
-    if bootstrap == "trunk-effects":  # asked for explicitly: no silent fallback
-        raise WxscaleError("--bootstrap trunk-effects needs the parametric law (Approach 3) to fit the runs, "
-                           f"and it does not ({law.message if law else 'too few runs'}); use --bootstrap trunk")
-    return Resampler(runs, by_budget), [
-        "bootstrap: the parametric law does not fit these runs, so whole trunks are resampled instead of drawing "
-        "their effects (expect many unusable replicates with few trunks)"]
+        return ParametricResampler(runs, law, by_trunk=by_trunk), []
+    if bootstrap != "auto":  # asked for explicitly: no silent fallback
+        raise WxscaleError(f"--bootstrap {bootstrap} needs the parametric law (Approach 3) to fit the runs, and "
+                           f"it does not ({law.message if law else 'too few runs'}); use --bootstrap "
+                           f"{'trunk' if by_trunk else 'run'}")
+    if by_trunk:
+        return Resampler(runs, by_budget), [
+            "bootstrap: the parametric law does not fit these runs, so whole trunks are resampled instead of drawing "
+            "their effects (expect many unusable replicates with few trunks)"]
+    return Resampler(independent, by_budget), [
+        "bootstrap: the parametric law does not fit these runs, so runs are resampled instead of drawing new noise "
+        "around it"]
 
 
 def law_optima(law: ParametricFit, budgets: np.ndarray, flops_per_sample) -> np.ndarray:
@@ -534,6 +622,11 @@ def isoflop_fit(runs: pd.DataFrame, n_bootstrap: int = 200, level: float = 0.95,
     # keep an interior minimum (a budget whose resampled vertex leaves the sampled range is not extrapolated).
     rng = np.random.default_rng(seed)
     resampler, boot_notes = make_resampler(runs, bootstrap, by_budget=True, law=law)
+    world_point, world_laws = _world_isoflop(runs, budgets, good, resampler.world_losses)
+    # The centred interval needs a world whose noise-free IsoFLOP fit is known; resampled runs or trunks (whose
+    # bias would be taken against the estimate itself) keep percentiles, the scheme ARCHITECTURE.md names.
+    parametric_world = resampler.world_losses is not None
+    kind = INTERVALS["2"] if world_laws is not None else "percentile"
     c_all, n_all, l_all = (runs[k].to_numpy(float) for k in ("budget_flops", "params", "val_loss"))
     groups = [np.flatnonzero(c_all == c) for c in budgets]
     fps_at = flops_per_sample_fn(runs)
@@ -558,21 +651,31 @@ def isoflop_fit(runs: pd.DataFrame, n_bootstrap: int = 200, level: float = 0.95,
     notes = []
     iso = point.copy()
     for q in opt_boot:
-        lo_hi = [percentile_interval(opt_boot[q][:, j], level) if good[j] else (math.nan, math.nan)
-                 for j in range(len(budgets))]
+        world = (point if world_point is None else world_point)[q].to_numpy(float)
+        lo_hi = [bootstrap_interval(opt_boot[q][:, j], level, kind, point[q].iloc[j], world[j], log=True)
+                 if good[j] else (math.nan, math.nan) for j in range(len(budgets))]
         iso[f"{q}_lo"], iso[f"{q}_hi"] = [v[0] for v in lo_hi], [v[1] for v in lo_hi]
     iso = iso[ISOFLOP_COLUMNS]
     notes += [f"Approach 2: C={r.budget_flops:.3g} left out: {r.note}" for r in iso.itertuples() if not r.interior]
     n_ok = int(np.isfinite(law_boot["n_opt"][:, 1]).sum())
     notes += boot_notes
-    notes.append(f"Approach 2: bootstrap {resampler.described}, {INTERVALS['2']} intervals; {n_ok}/{n_bootstrap} "
+    notes.append(f"Approach 2: bootstrap {resampler.described}, {kind} intervals; {n_ok}/{n_bootstrap} "
                  "replicates usable")
     if n_ok < n_bootstrap:
         notes.append(f"Approach 2: {n_bootstrap - n_ok}/{n_bootstrap} bootstrap replicates kept fewer than "
                      f"{min_budgets} budgets with an interior minimum; the intervals count them as lying beyond "
                      "their ends (half each side), so they widen, and vanish (NaN) past "
                      f"{100 * (1 - level):.0f} % unusable (more sizes per budget, centred on the optimum, help)")
-    fits = pd.DataFrame(_law_rows("2", laws, law_boot, int(good.sum()), level, n_bootstrap), columns=FITS_COLUMNS)
+    if world_laws is not None:
+        own = fit_power_law(budgets[good], law_optima(resampler.law, budgets[good], fps_at))[1]
+        notes.append("Approach 2: in the bootstrap's world (the fitted parametric law), the IsoFLOP fit of its "
+                     f"noise-free losses gives an N_opt exponent of {world_laws['n_opt'][1]:.3f}, the law's own is "
+                     f"{own:.3f}: their gap is this design's IsoFLOP bias there, which the intervals do not correct")
+    elif parametric_world:
+        notes.append("Approach 2: the bootstrap world's noise-free losses give fewer than "
+                     f"{MIN_BUDGETS} interior IsoFLOP minima, so the intervals are percentiles of its replicates")
+    fits = pd.DataFrame(_law_rows("2", laws, law_boot, int(good.sum()), level, n_bootstrap, world_laws, kind),
+                        columns=FITS_COLUMNS)
     return FitResult(fits=fits, replicates=_replicate_rows("2", law_boot), isoflop=iso, level=level, notes=notes)
 
 
@@ -788,9 +891,10 @@ def parametric_law_fit(runs: pd.DataFrame, n_bootstrap: int = 200, level: float 
     base = {"approach": "3", "n_points": n, "level": level, "n_bootstrap": n_bootstrap, "n_bootstrap_ok": ok,
             "interval": INTERVALS["3"]}
     for j, q in enumerate(names[:6]):
-        lo, hi = bootstrap_interval(boot[:, j], level, "3", point[q])
+        lo, hi = bootstrap_interval(boot[:, j], level, INTERVALS["3"], point[q])
         col = "exponent" if q in ("alpha", "beta") else "coefficient"
-        rows.append({"quantity": q, col: point[q], f"{col}_lo": lo, f"{col}_hi": hi, **base})
+        rows.append({"quantity": q, col: point[q], f"{col}_lo": lo, f"{col}_hi": hi, f"world_{col}": point[q],
+                     **base})
     rows.append({"quantity": "flops_per_param_sample", "coefficient": c, **base})
     # N_opt = G c^-a C^a and D_opt = G^-1 c^-b C^b, as laws in the same form as Approach 2's.
     law_boot = {"n_opt": np.stack([boot[:, 5] * c ** -boot[:, 6], boot[:, 6]], axis=1),
@@ -853,12 +957,28 @@ def law_replicates(reps: pd.DataFrame, approach: str, quantity: str, c: np.ndarr
     return k[:, None] * np.atleast_1d(c)[None, :] ** a[:, None]
 
 
+def law_band(fit: FitResult, law: pd.Series, c: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(k C^a, lower end, upper end) of one fits.csv power law (``law``, its row) at budgets ``c``: the row's
+    interval kind over the replicates' laws evaluated at each C (jointly, not from the marginal intervals)."""
+    c = np.atleast_1d(np.asarray(c, float))
+    approach = str(law["approach"])
+    kind = law.get("interval")
+    kind = kind if isinstance(kind, str) else INTERVALS[approach]  # fits.csv from before the column
+    point = law["coefficient"] * c ** law["exponent"]
+    world = point
+    if np.isfinite(law.get("world_coefficient", math.nan)) and np.isfinite(law.get("world_exponent", math.nan)):
+        world = law["world_coefficient"] * c ** law["world_exponent"]
+    pred = law_replicates(fit.replicates, approach, law["quantity"], c)
+    lo_hi = np.array([bootstrap_interval(pred[:, j], fit.level, kind, point[j], world[j], log=True)
+                      for j in range(c.size)]).reshape(-1, 2)
+    return point, lo_hi[:, 0], lo_hi[:, 1]
+
+
 def predict(fits: FitResult, budgets: float | list[float] | np.ndarray) -> pd.DataFrame:
     """Predicted N_opt, D_opt and loss at budgets C (typically beyond the sweep), per fitted approach.
 
-    Intervals are percentiles of the prediction over the bootstrap replicates (each replicate's law evaluated
-    jointly, not the product of marginal intervals). Approach 2 uses its L_opt law; Approach 3 evaluates
-    L(N_opt, D_opt) with its parameters.
+    Intervals are those of the laws' rows in fits.csv (:func:`law_band`). Approach 2 uses its L_opt law;
+    Approach 3 evaluates L(N_opt, D_opt) with its parameters.
     """
     c = np.atleast_1d(np.asarray(budgets, float))
     if not (np.isfinite(c).all() and (c > 0).all()):
@@ -871,10 +991,9 @@ def predict(fits: FitResult, budgets: float | list[float] | np.ndarray) -> pd.Da
             law = _row(t, approach, q)
             if law is None:
                 continue
-            boot = law_replicates(reps, approach, q, c)
+            point, lo, hi = law_band(fits, law, c)
             for j, row in enumerate(rows):
-                row[q] = law["coefficient"] * c[j] ** law["exponent"]
-                row[f"{q}_lo"], row[f"{q}_hi"] = bootstrap_interval(boot[:, j], level, approach, row[q])
+                row[q], row[f"{q}_lo"], row[f"{q}_hi"] = point[j], lo[j], hi[j]
         if approach == "3" and _row(t, "3", "E") is not None:
             p = {q: _row(t, "3", q) for q in ("E", "A", "B", "alpha", "beta")}
             law = ParametricFit(*(p[q]["coefficient"] for q in "EAB"), p["alpha"]["exponent"], p["beta"]["exponent"])
@@ -885,7 +1004,8 @@ def predict(fits: FitResult, budgets: float | list[float] | np.ndarray) -> pd.Da
                 l_b = E + A / n_b**al + B / d_b**be
             for j, row in enumerate(rows):
                 row["l_opt"] = float(law.loss(row["n_opt"], row["d_opt"]))
-                row["l_opt_lo"], row["l_opt_hi"] = bootstrap_interval(l_b[:, j], level, "3", row["l_opt"])
+                row["l_opt_lo"], row["l_opt_hi"] = bootstrap_interval(l_b[:, j], level, INTERVALS["3"],
+                                                                      row["l_opt"])
         out += rows
     cols = ["budget_flops", "approach", "n_opt", "n_opt_lo", "n_opt_hi", "d_opt", "d_opt_lo", "d_opt_hi", "l_opt",
             "l_opt_lo", "l_opt_hi", "level"]

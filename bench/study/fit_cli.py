@@ -57,9 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="chinchilla: read Epoch AI's svg_extracted_data.csv as described above")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     parser.add_argument("--bootstrap", choices=F.BOOTSTRAPS, default="auto",
-                        help="resampling: auto (default: trunk-effects when runs.csv has trunk_id, else run), "
-                             "trunk-effects (new trunk and run noise drawn on the fixed design around the fitted "
-                             "law), trunk (whole trunks with their branches), run (single runs)")
+                        help="resampling: auto (default: trunk-effects when runs.csv has trunk_id, else "
+                             "run-effects), trunk-effects (new trunk and run noise drawn on the fixed design around "
+                             "the fitted law), run-effects (new run noise only), trunk (whole trunks with their "
+                             "branches), run (single runs)")
     parser.add_argument("--calibrate", action="store_true",
                         help="instead of fitting DIR: fit many synthetic studies of a known law and report how "
                              "often the intervals cover it (wxscale.study.calibrate; needs --out)")

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from wxscale.files import save_figure  # noqa: E402
-from wxscale.study.fit import MIN_SIZES_PER_BUDGET, FitResult, bootstrap_interval, law_replicates  # noqa: E402
+from wxscale.study.fit import MIN_SIZES_PER_BUDGET, FitResult, law_band  # noqa: E402
 
 
 def plot_isoflop(runs: pd.DataFrame, isoflop: pd.DataFrame, path: str | Path) -> Path:
@@ -64,17 +64,6 @@ def plot_isoflop(runs: pd.DataFrame, isoflop: pd.DataFrame, path: str | Path) ->
     return save_figure(fig, path)
 
 
-def _band(fit: FitResult, law: pd.Series, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The interval of the law (its fits.csv row) at each C, the same interval as :func:`wxscale.study.fit.predict`
-    gives."""
-    approach = str(law["approach"])
-    pred = law_replicates(fit.replicates, approach, law["quantity"], c)
-    point = law["coefficient"] * c ** law["exponent"]
-    lo_hi = np.array([bootstrap_interval(pred[:, j], fit.level, approach, point[j])
-                      for j in range(c.size)])
-    return lo_hi[:, 0], lo_hi[:, 1]
-
-
 def plot_scaling_laws(fit: FitResult, path: str | Path, predictions: pd.DataFrame | None = None,
                       validation: pd.DataFrame | None = None) -> Path:
     """N_opt(C) and L_opt(C): the per-budget optima (Approach 2) with their intervals, each approach's fitted
@@ -106,7 +95,7 @@ def plot_scaling_laws(fit: FitResult, path: str | Path, predictions: pd.DataFram
             ax.plot(c_grid, r["coefficient"] * c_grid ** r["exponent"], color=colour,
                     label=f"{name}: {r['coefficient']:.3g} C^{r['exponent']:.3f} "
                           f"[{r['exponent_lo']:.3f}, {r['exponent_hi']:.3f}]")
-            lo, hi = _band(fit, r, c_grid)
+            _, lo, hi = law_band(fit, r, c_grid)
             if np.isfinite(lo).any():
                 ax.fill_between(c_grid, lo, hi, color=colour, alpha=0.2, lw=0)
         if predictions is not None and q in predictions:
