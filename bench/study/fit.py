@@ -237,9 +237,9 @@ def centred_interval(samples: np.ndarray, level: float, estimate: float, world: 
 #   studies at 2 % trunk and 2 % run noise). Percentiles, which sit there with the estimate's width, covered
 #   398 of 400. Centred on the estimate less the bias the noise adds to an IsoFLOP fit in that world (replicates
 #   against the IsoFLOP fit of its noise-free losses), they covered 383 and 370 of 400 at 2 %/2 % and 5 %/1 %
-#   (percentiles: 398 and 382). Reflecting around the world's own
-#   exponent instead also subtracts the world's IsoFLOP bias on this design, which is noisy (sd 0.016 at 5 %
-#   trunk noise against the truth's 0.0017) and covered 169 of 200.
+#   (percentiles: 398 and 382). Reflecting around the world's own exponent instead also subtracts the world's
+#   IsoFLOP bias on this design, which is noisy (sd 0.016 at 5 % trunk noise against the truth's 0.0017), and
+#   covered 169 of 200.
 INTERVALS = {"2": "centred", "3": "basic"}
 
 
