@@ -157,7 +157,16 @@ def test_cli_on_sweep_dir_writes_tables_plots_and_predictions(tmp_path, capsys):
     assert "N_opt" in text and "predict C=1e+18" in text
     # predict() works again from what was written
     again = F.predict(F.load_fit(out), [1e18])
-    assert np.allclose(again["n_opt"], pd.read_csv(out / "predictions.csv")["n_opt"])
+    written = pd.read_csv(out / "predictions.csv")
+    for col in ("n_opt", "n_opt_lo", "n_opt_hi"):
+        assert np.allclose(again[col], written[col], equal_nan=True), col
+    # A fits.csv from before the interval and world columns is read with the percentiles it was written with.
+    fits.drop(columns=["interval", "world_coefficient", "world_exponent"]).to_csv(out / "fits.csv", index=False)
+    old = F.load_fit(out)
+    row = old.fits[(old.fits["approach"] == "2") & (old.fits["quantity"] == "n_opt")].iloc[0]
+    _, lo, hi = F.law_band(old, row, 1e18)
+    expected = F.percentile_interval(F.law_replicates(old.replicates, "2", "n_opt", 1e18)[:, 0], old.level)
+    assert np.isfinite(expected).all() and np.allclose([lo[0], hi[0]], expected)
 
 
 def test_cli_columns_mapping_and_errors(tmp_path, capsys):

@@ -963,7 +963,7 @@ def law_band(fit: FitResult, law: pd.Series, c: np.ndarray | float) -> tuple[np.
     c = np.atleast_1d(np.asarray(c, float))
     approach = str(law["approach"])
     kind = law.get("interval")
-    kind = kind if isinstance(kind, str) else INTERVALS[approach]  # fits.csv from before the column
+    kind = kind if isinstance(kind, str) else "percentile"  # fits.csv from before the column had percentiles only
     point = law["coefficient"] * c ** law["exponent"]
     world = point
     if np.isfinite(law.get("world_coefficient", math.nan)) and np.isfinite(law.get("world_exponent", math.nan)):
